@@ -1,0 +1,1 @@
+"""kasp.deploy: filled in by later stages (see README roadmap)."""

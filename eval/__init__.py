@@ -1,0 +1,1 @@
+"""kasp.eval: filled in by later stages (see README roadmap)."""

@@ -1,0 +1,1 @@
+"""kasp.export: filled in by later stages (see README roadmap)."""

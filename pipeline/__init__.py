@@ -1,0 +1,1 @@
+"""kasp training half: data -> teacher -> prune (prune at distill)."""

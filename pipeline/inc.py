@@ -1,0 +1,107 @@
+"""Intel Neural Compressor adapter: the only module that imports neural_compressor.
+
+INC 3.7.1 is the last release with the training-time pruning API (WeightPruningConfig +
+prepare_pruning + model_slim_*). It hooks the model's forward (mask updates) and the optimizer's
+step (scores, masking); this adapter builds its config from params, carries its state through
+checkpoints and undoes its global side effects.
+"""
+from __future__ import annotations
+
+import torch
+
+# Pruner attributes that make up its progress; saved in checkpoints so a killed run resumes.
+_SCALARS = ("global_step", "handled_global_step", "completed_pruned_cnt", "current_sparsity_ratio",
+            "init_sparsity_ratio")
+_TENSOR_DICTS = ("masks", "head_masks", "mha_scores")
+
+
+def step_range(p: dict, total_steps: int) -> tuple[int, int]:
+    """Fractions of training -> INC's inclusive [start_step, end_step], aligned to the frequency
+    so the last mask update lands on end_step and reaches the full target."""
+    start = min(int(p["start"] * total_steps), total_steps - 1)
+    end = max(start, int(p["end"] * total_steps) - 1)
+    end = start + ((end - start) // p["frequency"]) * p["frequency"]
+    return start, end
+
+
+def pruning_configs(model, p: dict, total_steps: int) -> list[dict]:
+    from neural_compressor.compression.pruner import parse_auto_slim_config
+
+    start, end = step_range(p, total_steps)
+    common = {"pruning_type": p["pruning_type"], "pruning_scope": p["scope"], "start_step": start,
+              "end_step": end, "pruning_frequency": p["frequency"], "sparsity_decay_type": p["decay"],
+              "excluded_op_names": list(p["excluded"]), "max_sparsity_ratio_per_op": 0.99}
+    if p["pattern"] == "channelx1":
+        # FFN second Linear by input channel + whole attention heads: both can be sliced away afterwards.
+        return parse_auto_slim_config(model, ffn2_sparsity=p["target_sparsity"], mha_sparsity=p["target_sparsity"],
+                                      **common)
+    return [{"op_names": [".*encoder.*"], "pattern": p["pattern"], "target_sparsity": p["target_sparsity"], **common}]
+
+
+class Pruner:
+    """INC pruning attached to a model and optimizer, with checkpointable state."""
+
+    def __init__(self, model, optimizer, p: dict, total_steps: int):
+        from neural_compressor import WeightPruningConfig
+        from neural_compressor.compression.pruner import prepare_pruning
+
+        orig_save = torch.save
+        configs = pruning_configs(model, p, total_steps)
+        self.model, self.optimizer = model, optimizer
+        self.pruning = prepare_pruning(model, WeightPruningConfig(configs), optimizer=optimizer)
+        torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide
+        self.pruning.on_train_begin()
+        self.start_step, self.end_step = step_range(p, total_steps)
+
+    def modules(self) -> list[list[str]]:
+        """Names of the Linear layers each INC pruner owns."""
+        out = []
+        for pr in self.pruning.pruners:
+            mods = getattr(pr, "modules", None) or getattr(pr, "linear_layers", None) or {}
+            out.append(sorted(mods))
+        return out
+
+    def state_dict(self) -> dict:
+        state = []
+        for pr in self.pruning.pruners:
+            s = {k: getattr(pr, k) for k in _SCALARS if hasattr(pr, k)}
+            for k in _TENSOR_DICTS:
+                if isinstance(getattr(pr, k, None), dict):
+                    s[k] = {n: t.clone() for n, t in getattr(pr, k).items() if torch.is_tensor(t)}
+            crit = getattr(pr, "criterion", None)
+            if crit is not None and isinstance(getattr(crit, "scores", None), dict):
+                s["scores"] = {n: t.clone() for n, t in crit.scores.items() if torch.is_tensor(t)}
+            state.append(s)
+        return {"pruners": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        for pr, s in zip(self.pruning.pruners, state["pruners"]):
+            for k, v in s.items():
+                if k == "scores":
+                    pr.criterion.scores.update(v)
+                elif k in _TENSOR_DICTS:
+                    getattr(pr, k).update(v)
+                else:
+                    setattr(pr, k, v)
+
+    def detach(self) -> None:
+        """Remove INC's hooks so saving and later forwards are plain PyTorch."""
+        optimizer = self.optimizer
+        self.model.inc_hook_handle.remove()
+        for attr in ("prunings", "inc_hook_handle"):
+            if hasattr(self.model, attr):
+                delattr(self.model, attr)
+        if hasattr(optimizer, "orig_step"):
+            optimizer.step = optimizer.orig_step
+            del optimizer.orig_step, optimizer.prunings
+
+
+def slim(model, round_multiplier: int = 32) -> None:
+    """Physically remove pruned FFN channels and attention heads.
+
+    INC's model_slim() swallows failures, so call both parts and let the caller check shapes.
+    """
+    from neural_compressor.compression.pruner.model_slim.auto_slim import model_slim_ffn2, model_slim_mha
+
+    model_slim_ffn2(model, round_multiplier=round_multiplier)
+    model_slim_mha(model)

@@ -1,0 +1,204 @@
+"""params.yaml schema: every stage validates its own section before it loads anything heavy.
+
+The schema is data (section -> key -> Key). Every key is required, unknown keys are errors, and
+each error names the key, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from pipeline.tasks import GLUE, METRICS, normalize_task
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key at fault."""
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple
+    choices: tuple | None = None
+    lo: float | None = None          # inclusive
+    hi: float | None = None          # exclusive when hi_open
+    hi_open: bool = False
+    nullable: bool = False
+    item: type | None = None         # element type for lists
+    check: object = None             # callable(value) -> error string or None
+
+
+PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
+
+
+def _pattern(v):
+    if not PATTERN_RE.match(v):
+        return "allowed: 1x1 (unstructured), NxM blocks such as 4x1, N:M such as 2:4, channelx1 (FFN channels + heads)"
+
+
+def _task(v):
+    try:
+        normalize_task(v)
+    except KeyError as e:
+        return e.args[0]
+
+
+def _layers(v):
+    if len(v) == 0 or any(not isinstance(i, int) or i < 0 for i in v) or sorted(set(v)) != v:
+        return "must be a strictly increasing list of layer indices >= 0, or null for all layers"
+
+
+TRAIN = {
+    "epochs": Key(int, lo=1),
+    "batch_size": Key(int, lo=1),
+    "eval_batch_size": Key(int, lo=1),
+    "learning_rate": Key(float, lo=0, hi=1, hi_open=True),
+    "weight_decay": Key(float, lo=0, hi=1),
+    "warmup_ratio": Key(float, lo=0, hi=1, hi_open=True),
+    "max_grad_norm": Key(float, lo=0),
+    "group_by_length": Key(bool),
+    "threads": Key(int, lo=0),
+    "seed": Key(int, lo=0),
+    "checkpoint_dir": Key(str),
+    "checkpoint_every_steps": Key(int, lo=1),
+    "progress": Key(bool),
+}
+
+SCHEMA = {
+    "data": {
+        "model": Key(str),
+        "source": Key(str, choices=("glue", "file", "hub")),
+        "task": Key(str, nullable=True, check=_task),
+        "glue_dir": Key(str, nullable=True),
+        "train_file": Key(str, nullable=True),
+        "eval_file": Key(str, nullable=True),
+        "text_column": Key(str, nullable=True),
+        "text_pair_column": Key(str, nullable=True),
+        "label_column": Key(str, nullable=True),
+        "labels": Key(list, item=str, nullable=True),
+        "metrics": Key(list, item=str, nullable=True),
+        "max_length": Key(int, lo=8, hi=512),
+        "max_train_samples": Key(int, lo=1, nullable=True),
+        "max_eval_samples": Key(int, lo=1, nullable=True),
+        "seed": Key(int, lo=0),
+        "out_dir": Key(str),
+    },
+    "teacher": {"out_dir": Key(str), **TRAIN},
+    "prune": {
+        "out_dir": Key(str),
+        "init": Key(str, choices=("pretrained", "teacher")),
+        "student_layers": Key(list, item=int, nullable=True, check=_layers),
+        "target_sparsity": Key(float, lo=0, hi=1, hi_open=True),
+        "pattern": Key(str, check=_pattern),
+        "pruning_type": Key(str, choices=("magnitude", "snip_momentum", "snip", "gradient")),
+        "scope": Key(str, choices=("local", "global")),
+        "start": Key(float, lo=0, hi=1, hi_open=True),
+        "end": Key(float, lo=0, hi=1),
+        "frequency": Key(int, lo=1),
+        "decay": Key(str, choices=("exp", "cos", "cube", "linear")),
+        "excluded": Key(list, item=str),
+        "tolerance": Key(float, lo=0, hi=0.5),
+        "alpha_ce": Key(float, lo=0),
+        "beta_kd": Key(float, lo=0),
+        "gamma_hidden": Key(float, lo=0),
+        "temperature": Key(float, lo=0.1, hi=100),
+        **TRAIN,
+    },
+}
+
+
+def _check_key(section: str, name: str, spec: Key, value) -> None:
+    where = f"{section}.{name}"
+    if value is None:
+        if spec.nullable:
+            return
+        raise ParamsError(f"params: {where} is null but required ({_type_name(spec)})")
+    ok_types = (int, float) if spec.type is float else spec.type
+    if isinstance(value, bool) and spec.type is not bool or not isinstance(value, ok_types):
+        raise ParamsError(f"params: {where} = {value!r} has type {type(value).__name__}; expected {_type_name(spec)}")
+    if spec.choices and value not in spec.choices:
+        raise ParamsError(f"params: {where} = {value!r} is not allowed; allowed: {', '.join(spec.choices)}")
+    lo_bad = spec.lo is not None and value < spec.lo
+    hi_bad = spec.hi is not None and (value >= spec.hi if spec.hi_open else value > spec.hi)
+    if lo_bad or hi_bad:
+        rng = f"[{spec.lo}, {spec.hi}{')' if spec.hi_open else ']'}" if spec.hi is not None else f">= {spec.lo}"
+        raise ParamsError(f"params: {where} = {value!r} is out of range; allowed: {rng}")
+    if spec.item is not None and any(isinstance(v, bool) or not isinstance(v, spec.item) for v in value):
+        raise ParamsError(f"params: {where} = {value!r} must be a list of {spec.item.__name__}")
+    err = spec.check(value) if spec.check else None
+    if err:
+        raise ParamsError(f"params: {where} = {value!r} is not valid; {err}")
+
+
+def _type_name(spec: Key) -> str:
+    name = "list" if spec.type is list else spec.type.__name__
+    return f"{name} or null" if spec.nullable else name
+
+
+def validate(section: str, values) -> dict:
+    if section not in SCHEMA:
+        raise ParamsError(f"params: unknown section {section!r}; allowed: {', '.join(SCHEMA)}")
+    schema = SCHEMA[section]
+    if not isinstance(values, dict):
+        raise ParamsError(f"params: section {section!r} must be a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParamsError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"allowed: {', '.join(schema)}")
+    missing = [k for k in schema if k not in values]
+    if missing:
+        raise ParamsError(f"params: missing key(s) {', '.join(f'{section}.{k}' for k in missing)}")
+    for name, spec in schema.items():
+        _check_key(section, name, spec, values[name])
+    CROSS_CHECKS.get(section, lambda v: None)(values)
+    return dict(values)
+
+
+def _check_data(v: dict) -> None:
+    if v["source"] in ("glue", "hub") and not v["task"]:
+        raise ParamsError(f"params: data.task is required when data.source = {v['source']!r}; "
+                          f"allowed: {', '.join(GLUE)}")
+    if v["source"] == "glue" and not v["glue_dir"]:
+        raise ParamsError("params: data.glue_dir is required when data.source = 'glue'")
+    if v["source"] == "file":
+        for k in ("train_file", "eval_file", "text_column", "label_column", "metrics"):
+            if not v[k]:
+                raise ParamsError(f"params: data.{k} is required when data.source = 'file'")
+        bad = [m for m in v["metrics"] if m not in METRICS]
+        if bad:
+            raise ParamsError(f"params: data.metrics has unknown metric(s) {bad}; allowed: {', '.join(METRICS)}")
+
+
+def _check_prune(v: dict) -> None:
+    if v["end"] <= v["start"]:
+        raise ParamsError(f"params: prune.end = {v['end']} must be greater than prune.start = {v['start']}")
+    if ":" in v["pattern"]:
+        n, m = map(int, v["pattern"].split(":"))
+        if not 0 < n < m:
+            raise ParamsError(f"params: prune.pattern = {v['pattern']!r} needs 0 < N < M (N of every M pruned)")
+        if v["target_sparsity"] > n / m:
+            raise ParamsError(f"params: prune.target_sparsity = {v['target_sparsity']} exceeds N/M = {n / m} "
+                              f"for prune.pattern = {v['pattern']!r}")
+    if v["alpha_ce"] + v["beta_kd"] + v["gamma_hidden"] == 0:
+        raise ParamsError("params: prune.alpha_ce, prune.beta_kd and prune.gamma_hidden are all 0: no loss to train")
+
+
+CROSS_CHECKS = {"data": _check_data, "prune": _check_prune}
+
+
+def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
+    path = Path(params_path)
+    if not path.is_file():
+        raise ParamsError(f"params: file {str(path)!r} not found")
+    with path.open() as f:
+        doc = yaml.safe_load(f) or {}
+    if section not in doc:
+        raise ParamsError(f"params: section {section!r} missing from {str(path)!r}")
+    return validate(section, doc[section])
+
+
+def upstream_dir(section: str, params_path: str | Path = "params.yaml") -> Path:
+    """The output directory of an earlier stage: the one thing a stage reads outside its own section."""
+    return Path(load_section(section, params_path)["out_dir"])

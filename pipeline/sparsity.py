@@ -1,0 +1,45 @@
+"""Measure what pruning left: zeros per Linear weight, over the encoder, over the whole model.
+
+"Remaining weights" is always counted the same way for every method (encoder Linear weights,
+against the dense pre-trained encoder when given), so sparse and structural students share one axis.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def encoder_linears(model) -> dict[str, torch.nn.Linear]:
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".encoder." in f".{name}."}
+
+
+def layer_sparsity(model) -> dict[str, dict]:
+    out = {}
+    for name, m in encoder_linears(model).items():
+        w = m.weight.detach()
+        zeros = int((w == 0).sum())
+        out[name] = {"shape": list(w.shape), "zeros": zeros, "numel": w.numel(), "sparsity": round(zeros / w.numel(), 6)}
+    return out
+
+
+def summarize(model, dense_encoder_weights: int | None = None) -> dict:
+    """Sparsity figures for metrics files; `dense_encoder_weights` counts slimmed-away weights as removed."""
+    layers = layer_sparsity(model)
+    enc_numel = sum(v["numel"] for v in layers.values())
+    enc_nonzero = enc_numel - sum(v["zeros"] for v in layers.values())
+    params = [p.detach() for p in model.parameters()]
+    total = sum(p.numel() for p in params)
+    nonzero = sum(int((p != 0).sum()) for p in params)
+    reference = dense_encoder_weights or enc_numel
+    return {"encoder_linear_sparsity": round(1 - enc_nonzero / enc_numel, 6),
+            "encoder_remaining_weights": round(enc_nonzero / reference, 6),
+            "encoder_linear_params": enc_numel, "encoder_linear_nonzero": enc_nonzero,
+            "model_params": total, "model_nonzero": nonzero, "model_sparsity": round(1 - nonzero / total, 6),
+            "layers": layers}
+
+
+def group_sparsity(layers: dict, names) -> float:
+    """Zero fraction over a set of layers (one pruner's modules)."""
+    chosen = [layers[n] for n in names if n in layers]
+    numel = sum(v["numel"] for v in chosen)
+    return sum(v["zeros"] for v in chosen) / numel if numel else 0.0

@@ -1,0 +1,70 @@
+"""Stage `teacher`: fine-tune the dense teacher on the tokenized task.
+
+    python -m pipeline.teacher         # reads the `teacher` section of params.yaml
+
+Output (teacher.out_dir): a save_pretrained directory (safetensors + tokenizer) holding the best
+dev-score epoch; metrics/teacher.json; training curves in dvclive/teacher.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.common import Timer, atomic_dir, fingerprint, read_json, seed_everything, set_threads, write_metrics
+from pipeline.params import load_section, upstream_dir
+
+
+def dvclive_logger(stage: str, resumed: bool):
+    """Step-wise training curves for `dvc plots`; returns (log(step, dict), close())."""
+    from dvclive import Live
+
+    live = Live(dir=f"dvclive/{stage}", resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def log(step: int, values: dict) -> None:
+        live.step = step
+        for k, v in values.items():
+            live.log_metric(k, v)
+
+    return log, live.end
+
+
+def load_inputs(data_dir: Path):
+    from pipeline.train import Tokens
+
+    meta = read_json(data_dir / "meta.json")
+    pad = meta["pad_token_id"]
+    return meta, Tokens(data_dir / "train.safetensors", pad), Tokens(data_dir / "eval.safetensors", pad)
+
+
+def task_loss(model, batch):
+    return model(**batch).loss, {}
+
+
+def main(params_path: str = "params.yaml") -> dict:
+    p = load_section("teacher", params_path)
+    data_dir = upstream_dir("data", params_path)
+    seed_everything(p["seed"])
+    threads = set_threads(p["threads"])
+    from pipeline.models import load_classifier, load_tokenizer, resolve_model, save_model
+    from pipeline.train import fit
+
+    meta, train, dev = load_inputs(data_dir)
+    model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
+    fp = fingerprint("teacher", p, meta)
+    with Timer() as t:
+        log, close = dvclive_logger("teacher", resumed=(Path(p["checkpoint_dir"]) / "state.pt").exists())
+        result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, log=log)
+        close()
+        with atomic_dir(p["out_dir"]) as out:
+            save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
+    best = result["best"]
+    return write_metrics("teacher", {
+        **{k: v for k, v in best.items() if k not in ("epoch", "step")}, "best_epoch": best["epoch"],
+        "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],
+        "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
+        "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],
+        "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

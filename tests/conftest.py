@@ -1,0 +1,84 @@
+"""Offline fixtures: a tiny random BERT, a WordPiece tokenizer from a written vocab, tiny params."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DVCLIVE_OPEN", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def demo_rows(split: str, n: int) -> list[str]:
+    return (DEMO / f"{split}.tsv").read_text().splitlines()[1:n + 1]
+
+
+def write_tiny_model(path: Path, layers: int = 2) -> Path:
+    """hidden 64, 4 heads, FFN 128; vocab from the demo data's words so tokens are mostly known."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = sorted({w for line in demo_rows("train", 400) for w in re.findall(r"[a-z']+", line.lower())})
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + words + list(".,;!?'")) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    import torch
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(SPECIAL) + len(words) + 6, hidden_size=64, num_hidden_layers=layers,
+                     num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+    BertForSequenceClassification(cfg).bert.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+TRAIN = dict(epochs=2, batch_size=16, eval_batch_size=32, learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.1,
+             max_grad_norm=1.0, group_by_length=True, threads=1, seed=0, checkpoint_every_steps=4, progress=False)
+
+
+def tiny_params(root: Path, model_dir: Path) -> dict:
+    return {
+        "data": dict(model=str(model_dir), source="file", task=None, glue_dir=None,
+                     train_file=str(DEMO / "train.tsv"), eval_file=str(DEMO / "dev.tsv"), text_column="sentence",
+                     text_pair_column=None, label_column="label", labels=["negative", "positive"],
+                     metrics=["accuracy", "f1"], max_length=64, max_train_samples=96, max_eval_samples=48, seed=0,
+                     out_dir=str(root / "data_out")),
+        "teacher": dict(out_dir=str(root / "teacher"), checkpoint_dir=str(root / "ckpt/teacher"), **TRAIN),
+        "prune": dict(out_dir=str(root / "student"), init="pretrained", student_layers=None, target_sparsity=0.8,
+                      pattern="1x1", pruning_type="magnitude", scope="local", start=0.0, end=0.5, frequency=2,
+                      decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
+                      gamma_hidden=1.0, temperature=2.0, checkpoint_dir=str(root / "ckpt/prune"),
+                      **{**TRAIN, "epochs": 3}),
+    }
+
+
+def write_params(root: Path, params: dict) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir, monkeypatch):
+    """A working dir with tiny params; returns (params dict, writer) so tests can vary keys."""
+    monkeypatch.chdir(tmp_path)
+    params = tiny_params(tmp_path, tiny_model_dir)
+
+    def write(p=None):
+        return str(write_params(tmp_path, p or params))
+
+    return copy.deepcopy(params), write
