@@ -83,7 +83,7 @@ def encode_labels(path, rows: list[Row], labels: list[str] | None) -> np.ndarray
     index = {name: i for i, name in enumerate(labels)}
     for n, (_, _, y) in enumerate(rows):
         if y not in index:
-            raise DataError(f"{path}: row {n + 1} has unknown label {y!r}; allowed: {', '.join(labels)}")
+            raise DataError(f"{path}: data row {n + 1} has unknown label {y!r}; allowed: {', '.join(labels)}")
     return np.array([index[y] for _, _, y in rows], np.int64)
 
 
@@ -143,13 +143,11 @@ def tokenize(tokenizer, rows: list[Row], max_length: int) -> dict:
             "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)}
 
 
-def subsample(rows: list, n: int | None, seed: int | None) -> list:
-    if n is None or n >= len(rows):
-        return rows
-    if seed is None:
-        return rows[:n]
-    idx = sorted(random.Random(seed).sample(range(len(rows)), n))
-    return [rows[i] for i in idx]
+def subsample(count: int, n: int | None, seed: int | None) -> list[int]:
+    """Row indices to keep: a seeded random subset in file order, or the first n when seed is None."""
+    if n is None or n >= count:
+        return list(range(count))
+    return list(range(n)) if seed is None else sorted(random.Random(seed).sample(range(count), n))
 
 
 def main(params_path: str = "params.yaml") -> dict:
@@ -171,9 +169,11 @@ def main(params_path: str = "params.yaml") -> dict:
         stats = {}
         with atomic_dir(p["out_dir"]) as out:
             for split, (path, rows) in splits.items():
-                rows = subsample(rows, *limits[split])
+                labels = encode_labels(path, rows, info["labels"])  # the whole file: bad rows fail early
+                keep = subsample(len(rows), *limits[split])
+                rows = [rows[i] for i in keep]
                 arrays = tokenize(tokenizer, rows, p["max_length"])
-                arrays["labels"] = encode_labels(path, rows, info["labels"])
+                arrays["labels"] = labels[keep]
                 save_file(arrays, str(out / f"{split}.safetensors"))
                 with (out / f"{split}.jsonl").open("w") as f:
                     for text, pair, label in rows:

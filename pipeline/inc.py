@@ -7,6 +7,8 @@ checkpoints and undoes its global side effects.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 # Pruner attributes that make up its progress; saved in checkpoints so a killed run resumes.
@@ -45,6 +47,8 @@ class Pruner:
         from neural_compressor import WeightPruningConfig
         from neural_compressor.compression.pruner import prepare_pruning
 
+        # INC logs every layer at every mask update at INFO; keep its warnings only.
+        logging.getLogger("neural_compressor").setLevel(logging.WARNING)
         orig_save = torch.save
         configs = pruning_configs(model, p, total_steps)
         self.model, self.optimizer = model, optimizer

@@ -111,6 +111,7 @@ def main(params_path: str = "params.yaml") -> dict:
         structured = p["pattern"] == "channelx1" and p["target_sparsity"] > 0
         if pruners:
             pruners[0].detach()
+        nm_fixed = sparsity.enforce_n_m(student, *map(int, p["pattern"].split(":"))) if ":" in p["pattern"] else 0
         before = sparsity.summarize(student, dense_ref)
         if structured:
             inc.slim(student)
@@ -130,6 +131,7 @@ def main(params_path: str = "params.yaml") -> dict:
         **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         "teacher": teacher_scores, "target_sparsity": p["target_sparsity"], "pattern": p["pattern"],
         "achieved_sparsity": round(achieved, 6), "tolerance": tol, "slimmed": structured,
+        "nm_groups_fixed": nm_fixed,
         **{k: v for k, v in after.items() if k != "layers"}, "layers": after["layers"],
         "layer_shapes": [{"heads": l.attention.self.num_attention_heads, "ffn": l.intermediate.dense.out_features}
                          for l in getattr(student, student.base_model_prefix).encoder.layer],

