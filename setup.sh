@@ -2,6 +2,7 @@
 # Set up kasp on a fresh machine: a virtual environment (.venv) with the pinned stack and the bundled
 # pre-trained MiniLM. Idempotent: reinstalls only when requirements/ changes.
 #   bash setup.sh && . .venv/bin/activate && dvc repro
+#   bash setup.sh --gpu     also swaps onnxruntime for onnxruntime-gpu (CUDA / TensorRT providers)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
@@ -21,4 +22,9 @@ missing = [m for m in ("torch", "transformers", "neural_compressor", "openvino",
            if importlib.util.find_spec(m) is None]
 sys.exit(f"setup.sh: missing after install: {missing}" if missing else 0)
 PY
+if [ "${1:-}" = "--gpu" ]; then
+  # onnxruntime and onnxruntime-gpu share the import package: exactly one may be installed.
+  .venv/bin/python -m pip uninstall -y -q onnxruntime
+  .venv/bin/python -m pip install -q -r requirements/gpu.txt
+fi
 echo "kasp: environment ready (.venv)"

@@ -50,6 +50,24 @@ def _layers(v):
         return "must be a strictly increasing list of layer indices >= 0, or null for all layers"
 
 
+def _models(v):
+    if not v or any(m not in MODELS for m in v) or len(set(v)) != len(v):
+        return f"must be a non-empty list of distinct names from: {', '.join(MODELS)}"
+
+
+def _positive(v):
+    if not v or any(i < 1 for i in v):
+        return "must be a non-empty list of integers >= 1"
+
+
+def _providers(v):
+    if not v or any(x not in PROVIDERS for x in v):
+        return f"must be a non-empty list from: {', '.join(PROVIDERS)}"
+
+
+PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, short names
+MODELS = ("teacher", "student")  # the deployable models: teacher stage and prune stage outputs
+
 TRAIN = {
     "epochs": Key(int, lo=1),
     "batch_size": Key(int, lo=1),
@@ -105,6 +123,34 @@ SCHEMA = {
         "gamma_hidden": Key(float, lo=0),
         "temperature": Key(float, lo=0.1, hi=100),
         **TRAIN,
+    },
+    "export": {
+        "out_dir": Key(str),
+        "models": Key(list, item=str, check=_models),
+        "exporter": Key(str, choices=("optimum", "torch")),
+        "opset": Key(int, lo=14, hi=21),
+        "atol": Key(float, lo=0, hi=1),
+        "parity_batch_sizes": Key(list, item=int, check=_positive),
+        "parity_examples": Key(int, lo=1),
+        "threads": Key(int, lo=0),
+        "seed": Key(int, lo=0),
+    },
+    "compile": {
+        "out_dir": Key(str),
+        "bundle_dir": Key(str),
+        "models": Key(list, item=str, check=_models),
+        "calibration_samples": Key(int, lo=1),
+        "inference_precision": Key(str, choices=("f32", "bf16")),
+        "sparse_rate_margin": Key(float, lo=0, hi=0.5),
+        "min_sparse_rate": Key(float, lo=0, hi=1),
+        "ort_providers": Key(list, item=str, check=_providers),
+        "allow_fallback": Key(bool),
+        "trt_fp16_enable": Key(bool),
+        "trt_int8_enable": Key(bool),
+        "trt_sparsity_enable": Key(bool),
+        "trt_engine_cache_path": Key(str),
+        "threads": Key(int, lo=0),
+        "seed": Key(int, lo=0),
     },
 }
 

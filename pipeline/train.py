@@ -207,3 +207,14 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
             "train_tokens_per_s": round(timing["tokens"] / tt, 1),
             "padding_efficiency": round(timing["tokens"] / max(timing["padded_tokens"], 1), 4),
             "extra": extra}
+
+
+def feeds(ds: Tokens, batch_size: int, limit: int | None = None) -> list[dict]:
+    """Dataset-order numpy batches for runtimes (no labels), dynamically padded."""
+    n = min(len(ds), limit or len(ds))
+    out = []
+    for i in range(0, n, batch_size):
+        b = ds.batch(np.arange(i, min(i + batch_size, n)))
+        b.pop("labels")
+        out.append({k: v.numpy() for k, v in b.items()})
+    return out

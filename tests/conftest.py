@@ -63,6 +63,13 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                       decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
                       gamma_hidden=1.0, temperature=2.0, checkpoint_dir=str(root / "ckpt/prune"),
                       **{**TRAIN, "epochs": 3}),
+        "export": dict(out_dir=str(root / "onnx"), models=["teacher", "student"], exporter="optimum", opset=18,
+                       atol=1e-4, parity_batch_sizes=[1, 8], parity_examples=16, threads=1, seed=0),
+        "compile": dict(out_dir=str(root / "compiled"), bundle_dir=str(root / "bundles"), models=["teacher", "student"],
+                        calibration_samples=16, inference_precision="f32", sparse_rate_margin=0.02,
+                        min_sparse_rate=0.5, ort_providers=["cpu"], allow_fallback=False, trt_fp16_enable=False,
+                        trt_int8_enable=False, trt_sparsity_enable=False, trt_engine_cache_path=str(root / "trt"),
+                        threads=1, seed=0),
     }
 
 
@@ -70,6 +77,24 @@ def write_params(root: Path, params: dict) -> Path:
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, tiny_model_dir):
+    """The whole tiny pipeline run once (1x1 student at 80%): (params, params_path, metrics by stage)."""
+    from pipeline import compile as compile_, data, export, prune, teacher
+
+    root = tmp_path_factory.mktemp("built")
+    params = tiny_params(root, tiny_model_dir)
+    params["teacher"]["epochs"] = 1
+    path = str(write_params(root, params))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        metrics = {m.__name__.split(".")[-1]: m.main(path) for m in (data, teacher, prune, export, compile_)}
+    finally:
+        os.chdir(cwd)
+    return params, path, metrics
 
 
 @pytest.fixture

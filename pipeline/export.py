@@ -1,0 +1,52 @@
+"""Stage `export`: teacher and student to ONNX (dynamic batch and sequence), each behind a parity gate.
+
+    python -m pipeline.export          # reads the `export` section of params.yaml
+
+A model whose ONNX logits drift past export.atol on real dev batches, or whose weights lose or
+gain zeros, fails the stage and nothing is kept. Output: export.out_dir/<model>/model.onnx and
+metrics/export.json.
+"""
+from __future__ import annotations
+
+import sys
+
+from pipeline.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
+from pipeline.params import load_section, upstream_dir
+
+# Which stage produced each deployable model.
+MODEL_STAGES = {"teacher": "teacher", "student": "prune"}
+
+
+def model_dirs(models: list[str], params_path: str) -> dict:
+    return {name: upstream_dir(MODEL_STAGES[name], params_path) for name in models}
+
+
+def main(params_path: str = "params.yaml") -> dict:
+    p = load_section("export", params_path)
+    sources = model_dirs(p["models"], params_path)
+    data_dir = upstream_dir("data", params_path)
+    seed_everything(p["seed"])
+    threads = set_threads(p["threads"])
+    from export.onnx import export, gate
+    from pipeline.models import load_trained
+    from pipeline.sparsity import summarize
+    from pipeline.teacher import load_inputs
+
+    meta, _, dev = load_inputs(data_dir)
+    results = {}
+    with Timer() as t, atomic_dir(p["out_dir"]) as out:
+        for name, src in sources.items():
+            model = load_trained(src).eval()
+            (out / name).mkdir()
+            with Timer() as te:
+                path = export(model, out / name, p["exporter"], p["opset"])
+            figures = gate(model, path, dev, p["parity_batch_sizes"], p["parity_examples"], p["atol"], threads)
+            results[name] = {**figures, "export_s": round(te.seconds, 2), "onnx_bytes": path.stat().st_size,
+                             "encoder_linear_sparsity": summarize(model)["encoder_linear_sparsity"]}
+            print(f"[export] {name}: max |diff| {figures['max_abs_diff']:.2e}, zeros kept: {figures['zeros']['ok']}")
+    return write_metrics("export", {"exporter": p["exporter"], "opset": p["opset"], "task": meta["task"],
+                                    "models": results, "wall_time_s": round(t.seconds, 2)}, threads)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,246 @@
+"""Edge bundle: parity with PyTorch, tamper refusal, the CLI, no torch at run time, atomic writes."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy.bundle import write_bundle
+from deploy.runner import Bundle, BundleError, softmax
+from tests.conftest import ROOT, demo_rows
+
+MAX_LENGTH = 64
+F32 = {"INFERENCE_PRECISION_HINT": "f32"}  # bf16 (the default on AMX CPUs) drifts ~1%: parity needs f32
+SENTENCES = [row.split("\t")[0] for row in demo_rows("dev", 6)]
+INFO = {"model": "tiny-bert", "precision": "fp32", "sparsity": 0.0}
+
+
+def export_ir(model, out: Path) -> Path:
+    import openvino as ov
+    import torch
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(out / "model.onnx"),
+                      input_names=names, output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    xml = out / "ir" / "model.xml"
+    xml.parent.mkdir()
+    ov.save_model(ov.convert_model(str(out / "model.onnx")), str(xml), compress_to_fp16=False)
+    return xml
+
+
+@pytest.fixture(scope="module")
+def built(tiny_model_dir, tmp_path_factory):
+    """(torch model, HF tokenizer, bundle dir) for a 2-label classifier."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("bundle")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(out / "tok")
+    xml = export_ir(model, out)
+    write_bundle(out / "bundle", xml, out / "tok", labels=["negative", "positive"], problem_type="classification",
+                 max_length=MAX_LENGTH, compile_config=F32, info=INFO)
+    return model, tok, out / "bundle"
+
+
+@pytest.fixture(scope="module")
+def bundle(built):
+    return Bundle(built[2])
+
+
+def torch_logits(model, tok, texts, pairs=None):
+    import torch
+
+    enc = tok(texts, pairs, padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.numpy()
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "deploy.runner", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def tampered(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+# --- writer ---------------------------------------------------------------------------------------------------
+
+def test_manifest_lists_every_file_with_its_hash(built):
+    from pipeline.common import sha256_file
+
+    root = built[2]
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["format"] == "kasp-bundle/1" and manifest["model"] == "tiny-bert"
+    assert set(manifest["files"]) == {p.name for p in root.iterdir()} - {"manifest.json"}
+    assert all(sha256_file(root / n) == h for n, h in manifest["files"].items())
+    assert json.loads((root / "labels.json").read_text()) == {
+        "labels": ["negative", "positive"], "problem_type": "classification", "max_length": MAX_LENGTH}
+    assert json.loads((root / "compile_config.json").read_text()) == F32
+
+
+def test_missing_tokenizer_leaves_nothing_behind(built, tmp_path):
+    xml = built[2] / "model.xml"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        write_bundle(tmp_path / "out", xml, tmp_path / "nowhere", labels=None, problem_type="regression",
+                     max_length=MAX_LENGTH, compile_config={}, info={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failure_while_writing_leaves_nothing_behind(built, tmp_path):
+    tok_dir = built[2]  # holds a tokenizer.json, which is all the writer reads from the tokenizer dir
+    with pytest.raises(TypeError):  # not JSON-serialisable: fails inside the atomic block, after the copies
+        write_bundle(tmp_path / "out", built[2] / "model.xml", tok_dir, labels=None, problem_type="regression",
+                     max_length=MAX_LENGTH, compile_config={}, info={"bad": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_rejects_non_string_compile_config(built, tmp_path):
+    with pytest.raises(TypeError, match="CPU_SPARSE"):
+        write_bundle(tmp_path / "out", built[2] / "model.xml", built[2], labels=None, problem_type="regression",
+                     max_length=MAX_LENGTH, compile_config={"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.88}, info={})
+    assert not (tmp_path / "out").exists()
+
+
+# --- runner ---------------------------------------------------------------------------------------------------
+
+def test_logits_match_torch_single_sentences(built, bundle):
+    model, tok, _ = built
+    assert bundle.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    np.testing.assert_allclose(bundle.logits(SENTENCES, batch_size=4), torch_logits(model, tok, SENTENCES), atol=1e-4)
+
+
+def test_logits_match_torch_pairs(built, bundle):
+    model, tok, _ = built
+    pairs = SENTENCES[1:] + SENTENCES[:1]
+    ours = bundle.logits(SENTENCES, pairs)
+    np.testing.assert_allclose(ours, torch_logits(model, tok, SENTENCES, pairs), atol=1e-4)
+    assert not np.allclose(ours, bundle.logits(SENTENCES), atol=1e-4)  # token types / second segment really used
+
+
+def test_long_input_is_truncated_like_transformers(built, bundle):
+    model, tok, _ = built
+    long = [" ".join(SENTENCES * 4)]
+    np.testing.assert_allclose(bundle.logits(long), torch_logits(model, tok, long), atol=1e-4)
+
+
+def test_predict_classification(bundle):
+    preds = bundle.predict(SENTENCES, batch_size=4)
+    probs = softmax(bundle.logits(SENTENCES).astype(np.float64))
+    assert len(preds) == len(SENTENCES)
+    for pred, p in zip(preds, probs):
+        assert set(pred["probs"]) == {"negative", "positive"}
+        assert abs(sum(pred["probs"].values()) - 1) < 1e-9
+        assert pred["label"] == ["negative", "positive"][int(p.argmax())]
+    assert bundle.load_seconds > 0 and "files" not in bundle.info()
+
+
+def test_softmax_is_stable():
+    p = softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]]))
+    np.testing.assert_allclose(p, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def rewritten(src: Path, dst: Path, name: str, obj) -> Path:
+    """A copy of the bundle with one file replaced and its manifest hash updated: valid, just different."""
+    from pipeline.common import sha256_file
+
+    root = tampered(src, dst, lambda d: (d / name).write_text(json.dumps(obj)))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(root / name)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_regression_bundle_scores(built, tmp_path):
+    root = rewritten(built[2], tmp_path / "reg", "labels.json",
+                     {"labels": None, "problem_type": "regression", "max_length": 8})
+    reg = Bundle(root)
+    preds = reg.predict(SENTENCES[:2])
+    assert [p["score"] for p in preds] == pytest.approx(reg.logits(SENTENCES[:2])[:, 0].tolist())
+
+
+def test_bad_compile_config_is_a_one_line_bundle_error(built, tmp_path):
+    root = rewritten(built[2], tmp_path / "b", "compile_config.json", {"NO_SUCH_PROPERTY": "1"})
+    with pytest.raises(BundleError, match="NO_SUCH_PROPERTY") as err:
+        Bundle(root)
+    assert "\n" not in str(err.value)
+
+
+def _flip_bin(d):
+    data = bytearray((d / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "model.bin").write_bytes(bytes(data))
+
+
+def _unlist_tokenizer(d):
+    m = json.loads((d / "manifest.json").read_text())
+    del m["files"]["tokenizer.json"]
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _edit_labels(d):
+    (d / "labels.json").write_text(json.dumps({"labels": ["positive", "negative"], "problem_type": "classification",
+                                               "max_length": MAX_LENGTH}))
+
+
+@pytest.mark.parametrize("edit,name", [(_flip_bin, "model.bin"), (_unlist_tokenizer, "tokenizer.json"),
+                                       (_edit_labels, "labels.json"),
+                                       (lambda d: (d / "compile_config.json").unlink(), "compile_config.json")])
+def test_tampered_bundle_is_refused(built, tmp_path, monkeypatch, edit, name):
+    import openvino as ov
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled a tampered bundle")
+
+    monkeypatch.setattr(ov.Core, "compile_model", no_compile)  # the refusal must come before any compile
+    root = tampered(built[2], tmp_path / "b", edit)
+    with pytest.raises(BundleError, match=name.replace(".", r"\.")):
+        Bundle(root)
+
+
+def test_cli_text_and_pair(built):
+    for extra in ([], ["--pair", SENTENCES[1]]):
+        res = run_cli(built[2], "--text", SENTENCES[0], *extra)
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["label"] in ("negative", "positive")
+
+
+def test_cli_jsonl_and_info(built, tmp_path):
+    rows = [{"text": SENTENCES[0]}, {"text": SENTENCES[1], "text_pair": SENTENCES[2]}, {"text": SENTENCES[3]}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli(built[2], "--jsonl", path, "--show-info")
+    assert res.returncode == 0, res.stderr
+    preds = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(preds) == 3 and all("probs" in p for p in preds)
+    info = json.loads(res.stderr.strip().splitlines()[-1])  # info goes to stderr so stdout is one line per row
+    assert info["model"] == "tiny-bert" and "files" not in info and info["load_seconds"] > 0
+
+
+def test_cli_refuses_tampered_bundle(built, tmp_path):
+    root = tampered(built[2], tmp_path / "b", _flip_bin)
+    res = run_cli(root, "--text", "hello")
+    assert res.returncode != 0 and res.stdout == ""
+    assert "model.bin" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_runner_needs_no_torch_or_transformers(built):
+    code = ("import sys, deploy.runner as r; b = r.Bundle(sys.argv[1]); assert b.predict(['fine', 'bad'])\n"
+            "bad = [m for m in ('torch', 'transformers', 'pipeline') if m in sys.modules]\n"
+            "assert not bad, bad")
+    res = subprocess.run([sys.executable, "-c", code, str(built[2])], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert res.returncode == 0, res.stderr

@@ -1,0 +1,115 @@
+"""Export and compile: torch, onnxruntime and OpenVINO agree; sparsity survives; gates and policies bite."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from deploy import openvino as dov
+from deploy.ort import ProviderError, make_session
+from export.onnx import ParityError, gate
+from pipeline import export
+from pipeline.common import cpu_info
+from pipeline.models import load_trained
+from pipeline.train import Tokens, feeds
+
+
+@pytest.fixture(scope="module")
+def student(built):
+    params, _, _ = built
+    dev = Tokens(Path(params["data"]["out_dir"]) / "eval.safetensors")
+    onnx_path = Path(params["export"]["out_dir"]) / "student" / "model.onnx"
+    return load_trained(params["prune"]["out_dir"]).eval(), onnx_path, dev, Path(params["compile"]["out_dir"]) / "student"
+
+
+def torch_logits(model, batches):
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+                               for b in batches])
+
+
+def test_torch_ort_openvino_agree(student):
+    model, onnx_path, dev, compiled_dir = student
+    batches = feeds(dev, 8)
+    ref = torch_logits(model, batches)
+    sess, _ = make_session(onnx_path, ["cpu"])
+    names = {i.name for i in sess.get_inputs()}
+    ort = np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches])
+    ov_fp32 = dov.logits(dov.compile_model(compiled_dir / "fp32.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches)
+    assert np.abs(ort - ref).max() < 1e-4
+    assert np.abs(ov_fp32 - ref).max() < 1e-4
+    int8 = dov.logits(dov.compile_model(compiled_dir / "int8.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches)
+    assert np.abs(int8 - ref).max() < 0.25 * np.abs(ref).max() + 0.05  # quantized, but the same model
+
+
+def test_sparsity_survives_export_and_int8(student, built):
+    model, onnx_path, _, compiled_dir = student
+    m = built[2]
+    assert m["export"]["models"]["student"]["zeros"]["ok"]
+    import openvino as ov
+
+    weights = dov.weight_constants(ov.Core().read_model(compiled_dir / "int8.xml"))
+    encoder = [w for name, w in weights.items() if "/encoder/" in name]
+    assert len(encoder) == 12 and all(w["zeros"] >= 0.8 - 0.005 for w in encoder), encoder
+    ort_int8 = onnx.load(str(compiled_dir / "int8.onnx"))
+    quantized = [numpy_helper.to_array(t) for t in ort_int8.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    # symmetric INT8 keeps every pruned zero at 0 (an asymmetric zero point would not)
+    assert sum(int((a == 0).sum()) for a in quantized) >= m["prune"]["encoder_linear_params"] * 0.8 - 1
+
+
+def test_gate_rejects_corrupted_models(student, tmp_path):
+    model, onnx_path, dev, _ = student
+    graph = onnx.load(str(onnx_path))
+    target = max(graph.graph.initializer, key=lambda t: np.mean(numpy_helper.to_array(t) == 0))
+    a = numpy_helper.to_array(target).copy()
+    drift = a.copy()
+    drift[a != 0] *= 1.5
+    fill = a.copy()
+    fill[a == 0] = 1e-12          # numerically invisible, but the zeros are gone
+    for name, arr, needle in (("drift", drift, "max \\|logits diff\\|"), ("fill", fill, "lost or changed zeros")):
+        target.CopyFrom(numpy_helper.from_array(arr, target.name))
+        bad = tmp_path / f"{name}.onnx"
+        onnx.save(graph, str(bad))
+        with pytest.raises(ParityError, match=needle):
+            gate(model, bad, dev, [4], 16, atol=1e-4)
+
+
+def test_failed_gate_fails_stage_and_keeps_nothing(built, tmp_path, monkeypatch):
+    params, _, _ = built
+    import yaml
+
+    p = yaml.safe_load(Path(built[1]).read_text())
+    p["export"].update(atol=0.0, out_dir=str(tmp_path / "onnx"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ParityError):
+        export.main(str(tmp_path / "params.yaml"))
+    assert not (tmp_path / "onnx").exists() and not list(tmp_path.glob(".onnx.tmp-*"))
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error(student):
+    _, onnx_path, _, _ = student
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")  # the GPU suite covers it there
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider.*allow_fallback"):
+        make_session(onnx_path, ["cuda"])
+    _, info = make_session(onnx_path, ["cuda"], allow_fallback=True)
+    assert info["fallback"] and info["used"] == ["CPUExecutionProvider"]
+
+
+def test_sparse_kernel_report_matches_hardware(built):
+    c = built[2]["compile"]["models"]["student"]
+    assert c["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert float(c["compile_config"]["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"]) < c["weight_sparsity"]
+    if any(f.startswith("amx") for f in cpu_info()["isa"]):
+        assert c["sparse_fc_layers"] == 12, c["fc_reasons"]   # hidden 64, FFN 128: every encoder FC qualifies
+    else:
+        assert c["sparse_fc_layers"] == 0 and "no AMX on this CPU" in c["fc_reasons"]
+    teacher = built[2]["compile"]["models"]["teacher"]
+    assert teacher["sparse_fc_layers"] == 0 and "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" not in teacher["compile_config"]
