@@ -112,4 +112,13 @@ def logits(compiled, batches) -> np.ndarray:
 
 
 def actual_precision(compiled) -> str:
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    """What the plugin will run non-quantized ops in ("f32", "bf16"), read back, not assumed."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+
+def sparse_fc_count(compiled) -> int:
+    """FC layers whose primitive is a sparse-weight kernel (e.g. brgemm_avx512_amx_sparse_I8)."""
+    return sum(1 for n in compiled.get_runtime_model().get_ordered_ops()
+               if n.get_rt_info()["layerType"].astype(str) == "FullyConnected"
+               and "sparse" in n.get_rt_info()["primitiveType"].astype(str))

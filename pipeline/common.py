@@ -83,8 +83,15 @@ def write_json(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
     os.replace(tmp, path)
+
+
+def _jsonable(o):
+    """numpy scalars and arrays are written as plain JSON numbers and lists."""
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()
+    raise TypeError(f"not JSON-serializable: {type(o).__name__}")
 
 
 def read_json(path: str | Path):

@@ -29,7 +29,7 @@ def disk_size(path: Path) -> dict:
 
 def measured_sparsity(weights: dict) -> float:
     """Zero fraction over the pruned MatMul weights (those with any real share of zeros)."""
-    pruned = [w for w in weights.values() if w["zeros"] > 0.01]
+    pruned = [w for w in weights.values() if w["zeros"] > 0.1]  # INT8 rounding alone zeroes a few %
     if not pruned:
         return 0.0
     numel = [np.prod(w["shape"]) for w in pruned]
@@ -59,6 +59,8 @@ def compile_one(name: str, onnx_path: Path, out: Path, p: dict, calib: list, dev
     config = dov.compile_config(sparsity, p["inference_precision"], p["sparse_rate_margin"], p["min_sparse_rate"],
                                 threads)
     write_json(out / "compile_config.json", config)
+    write_json(out / "ort_config.json", {"providers": p["ort_providers"], "allow_fallback": p["allow_fallback"],
+                                         "trt": trt_options(p)})
     compiled = dov.compile_model(out / "int8.xml", config)
     dev_feeds = feeds(dev, 32)
     scores = compute_metrics(dov.logits(compiled, dev_feeds), dev.labels, meta["metrics"], meta["problem_type"])

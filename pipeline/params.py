@@ -65,6 +65,18 @@ def _providers(v):
         return f"must be a non-empty list from: {', '.join(PROVIDERS)}"
 
 
+def _backends(v):
+    if not v or any(x not in BACKENDS for x in v) or len(set(v)) != len(v):
+        return f"must be a non-empty list of distinct names from: {', '.join(BACKENDS)}"
+
+
+def _shape(v):
+    if len(v) != 2 or any(i < 1 for i in v):
+        return "must be [batch_size, sequence_length]"
+
+
+# Kept here (not imported from eval.backends) so validation never imports a runtime.
+BACKENDS = ("torch-fp32", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-dense")
 PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, short names
 MODELS = ("teacher", "student")  # the deployable models: teacher stage and prune stage outputs
 
@@ -151,6 +163,33 @@ SCHEMA = {
         "trt_engine_cache_path": Key(str),
         "threads": Key(int, lo=0),
         "seed": Key(int, lo=0),
+    },
+    "eval": {
+        "models": Key(list, item=str, check=_models),
+        "backends": Key(list, item=str, check=_backends),
+        "batch_size": Key(int, lo=1),
+        "tolerance": Key(float, lo=0, hi=1),
+        "fail_on_drift": Key(bool),
+        "threads": Key(int, lo=0),
+    },
+    "bench": {
+        "models": Key(list, item=str, check=_models),
+        "backends": Key(list, item=str, check=_backends),
+        "batch_sizes": Key(list, item=int, check=_positive),
+        "seq_lens": Key(list, item=int, check=_positive),
+        "streams": Key(list, item=int, check=_positive),
+        "warmup_iters": Key(int, lo=0),
+        "min_iters": Key(int, lo=1),
+        "max_seconds": Key(float, lo=0.01),
+        "threads": Key(int, lo=0),
+        "crosscheck_shapes": Key(list, item=list),
+        "crosscheck_seconds": Key(int, lo=1),
+        "seed": Key(int, lo=0),
+    },
+    "report": {
+        "out_dir": Key(str),
+        "latency_shape": Key(list, item=int, check=_shape),
+        "throughput_shape": Key(list, item=int, check=_shape),
     },
 }
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.params import BACKENDS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -70,6 +72,12 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                         min_sparse_rate=0.5, ort_providers=["cpu"], allow_fallback=False, trt_fp16_enable=False,
                         trt_int8_enable=False, trt_sparsity_enable=False, trt_engine_cache_path=str(root / "trt"),
                         threads=1, seed=0),
+        "eval": dict(models=["teacher", "student"], backends=list(BACKENDS), batch_size=16, tolerance=0.5,
+                     fail_on_drift=True, threads=1),
+        "bench": dict(models=["student"], backends=["torch-fp32", "ort-int8", "ov-int8", "ov-int8-dense"],
+                      batch_sizes=[1, 4], seq_lens=[8, 16], streams=[1, 2], warmup_iters=1, min_iters=3,
+                      max_seconds=0.05, threads=1, crosscheck_shapes=[[1, 16]], crosscheck_seconds=1, seed=0),
+        "report": dict(out_dir=str(root / "reports"), latency_shape=[1, 8], throughput_shape=[4, 16]),
     }
 
 
@@ -82,7 +90,7 @@ def write_params(root: Path, params: dict) -> Path:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, tiny_model_dir):
     """The whole tiny pipeline run once (1x1 student at 80%): (params, params_path, metrics by stage)."""
-    from pipeline import compile as compile_, data, export, prune, teacher
+    from pipeline import bench, compile as compile_, data, eval as eval_, export, prune, report, teacher
 
     root = tmp_path_factory.mktemp("built")
     params = tiny_params(root, tiny_model_dir)
@@ -91,7 +99,8 @@ def built(tmp_path_factory, tiny_model_dir):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        metrics = {m.__name__.split(".")[-1]: m.main(path) for m in (data, teacher, prune, export, compile_)}
+        metrics = {m.__name__.split(".")[-1]: m.main(path)
+                   for m in (data, teacher, prune, export, compile_, eval_, bench, report)}
     finally:
         os.chdir(cwd)
     return params, path, metrics

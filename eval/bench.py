@@ -1,0 +1,88 @@
+"""A benchmark harness a performance engineer would trust (after OpenVINO's sync_benchmark.py):
+fixed shapes, warm-up, a loop bounded by count and time, percentiles, one backend at a time, and
+OpenVINO's own benchmark_app on the same IR and shape as a cross-check.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_feed(batch: int, seq: int, vocab: int, seed: int) -> dict:
+    """Exactly `seq` real tokens per row (no padding), so every backend sees the same work."""
+    rng = np.random.default_rng(seed)
+    low = 1000 if vocab > 2000 else 5  # skip BERT's special and unused ids where the vocab allows it
+    ids = rng.integers(low, vocab, (batch, seq), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] in BERT vocabularies
+    return {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int64),
+            "token_type_ids": np.zeros((batch, seq), np.int64)}
+
+
+def time_loop(fn, warmup: int, min_iters: int, max_seconds: float, max_iters: int = 10_000) -> list[float]:
+    """Per-call seconds after warm-up; runs at least min_iters and stops once max_seconds have passed."""
+    for _ in range(warmup):
+        fn()
+    out, start = [], time.perf_counter()
+    while len(out) < min_iters or (time.perf_counter() - start < max_seconds and len(out) < max_iters):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def summarize(latencies: list[float], batch: int) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {"iterations": len(ms), "latency_ms_p50": round(float(np.percentile(ms, 50)), 3),
+            "latency_ms_p90": round(float(np.percentile(ms, 90)), 3),
+            "latency_ms_p99": round(float(np.percentile(ms, 99)), 3), "latency_ms_mean": round(float(ms.mean()), 3),
+            "throughput_seq_per_s": round(float(batch * len(ms) / (ms.sum() / 1000)), 2)}
+
+
+def async_streams(compiled, feed: dict, streams: int, warmup: int, max_seconds: float, batch: int) -> dict:
+    """OpenVINO throughput mode: `streams` requests in flight; latency per request, throughput overall."""
+    import openvino as ov
+
+    names = {i.get_any_name() for i in compiled.inputs}
+    feed = {k: v for k, v in feed.items() if k in names}
+    queue = ov.AsyncInferQueue(compiled, streams)
+    lat = []
+    queue.set_callback(lambda req, t0: lat.append(time.perf_counter() - t0))
+    for _ in range(warmup * streams):
+        queue.start_async(feed, time.perf_counter())
+    queue.wait_all()
+    lat.clear()
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_seconds or len(lat) < streams:
+        queue.start_async(feed, time.perf_counter())
+    queue.wait_all()
+    elapsed = time.perf_counter() - start
+    out = summarize(lat, batch)
+    out["throughput_seq_per_s"] = round(batch * len(lat) / elapsed, 2)
+    return out
+
+
+def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, seconds: int) -> dict:
+    """OpenVINO's benchmark_app, sync API, one stream, same properties and the same dynamic-shape IR
+    (-data_shape, not -shape, which would reshape it static). Its FPS counts inferences (batches)."""
+    shape = ",".join(f"{n}[{batch},{seq}]" for n in ("input_ids", "attention_mask", "token_type_ids"))
+    props = {k: v for k, v in config.items() if k not in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"CPU": props}, f)
+    exe = Path(sys.executable).with_name("benchmark_app")
+    cmd = [str(exe), "-m", str(xml), "-d", "CPU", "-api", "sync", "-hint", "none", "-nstreams", "1",
+           "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape, "-load_config", f.name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    Path(f.name).unlink()
+    fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", proc.stdout)
+    if proc.returncode or not fps:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["benchmark_app failed"]}
+    median = re.search(r"Median:\s*([\d.]+)\s*ms", proc.stdout)
+    return {"fps": float(fps.group(1)), "seq_per_s": round(float(fps.group(1)) * batch, 2),
+            "latency_ms_median": float(median.group(1)) if median else None, "command": " ".join(cmd[1:])}

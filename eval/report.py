@@ -1,0 +1,246 @@
+"""Rendering for the `report` stage: the comparison table, report.md, PNG plots and DVC plot records.
+
+Pure: every function takes the dicts that earlier stages wrote to metrics/ and returns text or
+records, or writes one PNG. Reading params.yaml and metrics/ is pipeline/report.py's job. A number
+the inputs do not hold is shown as "n/a", never estimated from a neighbouring cell.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+NA = "n/a"
+# torch runs the weights of the FP32 ONNX; ov-bf16 compiles the FP32 IR; ov-int8-dense is ov-int8 with
+# sparse decompression off.
+SIZE_KEY = {"torch-fp32": "onnx_fp32", "ort-fp32": "onnx_fp32", "ort-int8": "onnx_int8", "ov-fp32": "ir_fp32",
+            "ov-bf16": "ir_fp32", "ov-int8": "ir_int8", "ov-int8-dense": "ir_int8"}
+BASELINE = {"model": "teacher", "backend": "torch-fp32"}
+SPARSE = "sparse kernel"  # the fc_reasons key deploy.openvino.fc_report gives layers on the sparse kernel
+TPUT = "throughput_seq_per_s"
+
+
+def bench_cells(bench: dict) -> dict:
+    """(model, backend, batch, seq_len) -> the bench row with the fewest streams.
+
+    p50 latency only means "one request's latency" single-stream, so the table uses the lowest
+    streams count measured (1 unless bench.streams leaves it out).
+    """
+    cells = {}
+    for r in bench["results"]:
+        key = (r["model"], r["backend"], r["batch"], r["seq_len"])
+        if key not in cells or r["streams"] < cells[key]["streams"]:
+            cells[key] = r
+    return cells
+
+
+def bench_value(cells: dict, model: str, backend: str, shape, field: str):
+    row = cells.get((model, backend, *shape))
+    value = row.get(field) if row else None
+    return NA if value is None else value
+
+
+def ratio(a, b):
+    return NA if NA in (a, b) or not b else a / b
+
+
+def _mb(n):
+    return NA if n is None else n / 1e6
+
+
+def table_rows(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> list[dict]:
+    """One row per (model, backend) that eval scored, in eval's order."""
+    cells, base = bench_cells(bench), bench.get("baseline") or BASELINE
+    lat, tput = tuple(latency_shape), tuple(throughput_shape)
+    rows = []
+    for r in eval_["results"]:
+        m, b = r["model"], r["backend"]
+        size = compile_["models"].get(m, {}).get("sizes", {}).get(SIZE_KEY.get(b), {})
+        speed = {shape: ratio(bench_value(cells, m, b, shape, TPUT),
+                              bench_value(cells, base["model"], base["backend"], shape, TPUT)) for shape in (lat, tput)}
+        rows.append({
+            "model": m, "backend": b, "precision": r["precision"], **{k: r[k] for k in eval_["metrics"]},
+            "score": r["score"], "delta_score_vs_teacher": r["score"] - teacher["score"],
+            "encoder_sparsity": prune["encoder_linear_sparsity"] if m == "student" else 0.0,
+            "size_mb": _mb(size.get("bytes")), "size_gzip_mb": _mb(size.get("gzip_bytes")),
+            "latency_ms_p50": bench_value(cells, m, b, lat, "latency_ms_p50"),
+            TPUT: bench_value(cells, m, b, tput, TPUT),
+            "speedup_x": speed[tput], "speedup_x_latency_shape": speed[lat], "flagged": bool(r.get("flagged"))})
+    return rows
+
+
+def _kernel_line(name: str, c: dict) -> str:
+    others = ", ".join(f"{why}: {n}" for why, n in c["fc_reasons"].items() if why != SPARSE) or "none"
+    return (f"{name}: {c['sparse_fc_layers']}/{c['fc_layers']} FC layers on the sparse INT8 kernel; "
+            f"others: {others} (weight sparsity {c.get('weight_sparsity', 0):.2%}, "
+            f"inference precision {c.get('inference_precision', NA)})")
+
+
+def build_context(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> dict:
+    """Everything around the table: what ran, where, and what to distrust."""
+    env = bench.get("env", {})
+    hw = bench.get("hardware") or {k: env.get(k) for k in ("cpu", "logical_cpus", "physical_cores", "isa")}
+    grid = {(r["batch"], r["seq_len"]) for r in bench["results"]}
+    notes = [f"report.{name} {list(shape)} was not benchmarked (bench grid: "
+             f"{', '.join(f'b{b}×s{s}' for b, s in sorted(grid))}); its columns show n/a"
+             for name, shape in (("latency_shape", latency_shape), ("throughput_shape", throughput_shape))
+             if tuple(shape) not in grid]
+    flags = eval_.get("flags") or [f"{r['model']} {r['backend']}" for r in eval_["results"] if r.get("flagged")]
+    return {"task": eval_["task"], "metrics": list(eval_["metrics"]), "tolerance": eval_.get("tolerance"),
+            "teacher_score": teacher["score"], "pattern": prune.get("pattern", NA),
+            "target_sparsity": prune.get("target_sparsity"), "encoder_sparsity": prune["encoder_linear_sparsity"],
+            "hardware": hw, "threads": bench.get("threads"), "versions": env.get("versions", {}),
+            "streams": sorted({r["streams"] for r in bench["results"]}),
+            "baseline": bench.get("baseline") or BASELINE, "flags": flags, "crosscheck": bench.get("crosscheck", []),
+            "kernels": [_kernel_line(n, c) for n, c in compile_["models"].items()],
+            "latency_shape": list(latency_shape), "throughput_shape": list(throughput_shape), "notes": notes}
+
+
+def fmt(v, spec: str, suffix: str = "") -> str:
+    return NA if v == NA or v is None else f"{v:{spec}}{suffix}"
+
+
+def shape_label(shape) -> str:
+    return f"b{shape[0]}×s{shape[1]}"
+
+
+def render_table(rows: list[dict], ctx: dict) -> str:
+    lat, tput = shape_label(ctx["latency_shape"]), shape_label(ctx["throughput_shape"])
+    head = (["model", "backend", "precision", *ctx["metrics"], "score", "Δ score vs teacher", "encoder sparsity",
+             "size MB (gzip MB)", f"p50 latency ms @{lat}", f"seq/s @{tput}", f"speedup @{tput}",
+             f"speedup @{lat}"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["backend"] + (" **FLAGGED**" if r["flagged"] else ""), r["precision"],
+                 *(fmt(r[k], ".4f") for k in ctx["metrics"]), fmt(r["score"], ".4f"),
+                 fmt(r["delta_score_vs_teacher"], "+.4f"), fmt(r["encoder_sparsity"], ".1%"),
+                 f"{fmt(r['size_mb'], '.1f')} ({fmt(r['size_gzip_mb'], '.1f')})", fmt(r["latency_ms_p50"], ".2f"),
+                 fmt(r[TPUT], ".1f"), fmt(r["speedup_x"], ".2f", "x"), fmt(r["speedup_x_latency_shape"], ".2f", "x")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _what_ran(ctx: dict) -> list[str]:
+    hw, isa = ctx["hardware"], ctx["hardware"].get("isa") or []
+    amx = " ".join(f for f in isa if f.startswith("amx")) or "none"
+    vnni = " ".join(f for f in isa if "vnni" in f) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items()) or NA
+    base = ctx["baseline"]
+    return [f"- Task: {ctx['task']} (dev set; metrics {', '.join(ctx['metrics'])}; score = their mean; "
+            f"teacher score {ctx['teacher_score']:.4f})",
+            f"- Student: pattern {ctx['pattern']}, target sparsity {fmt(ctx['target_sparsity'], '.0%')}, "
+            f"encoder Linear sparsity reached {ctx['encoder_sparsity']:.2%}",
+            f"- Hardware: {hw.get('cpu')}, {hw.get('physical_cores')} physical cores / {hw.get('logical_cpus')} "
+            f"logical; AMX: {amx}; VNNI: {vnni}; ISA flags: {' '.join(isa) or 'none'}",
+            f"- Threads: {ctx['threads']} for every backend; OpenVINO streams measured: {ctx['streams']}",
+            f"- Versions: {versions}",
+            f"- Speedups are throughput ratios to {base['model']} {base['backend']} (dense PyTorch FP32) "
+            f"at the same [batch, seq]"]
+
+
+def _crosscheck(ctx: dict) -> list[str]:
+    out = []
+    for c in ctx["crosscheck"]:
+        line = (f"{c['model']} {c['backend']} {shape_label((c['batch'], c['seq_len']))}: ours "
+                f"{c['ours_seq_per_s']:.1f} seq/s, benchmark_app {c['benchmark_app_seq_per_s']:.1f} seq/s, "
+                f"ratio {c['ratio']:.2f}")
+        out.append(f"- **GAP > 15%**: {line}: our harness and OpenVINO's own tool disagree; trust neither "
+                   "number until that is explained" if c.get("gap_over_15pct") else f"- {line}")
+    return out or ["- (no cross-check in bench.json)"]
+
+
+def render_markdown(rows: list[dict], ctx: dict) -> str:
+    parts = [f"# kasp report: {ctx['task']}", "", "## What ran", *_what_ran(ctx), ""]
+    if ctx["notes"]:
+        parts += [*(f"> **NOTE:** {n}" for n in ctx["notes"]), ""]
+    parts += ["## Results", "", render_table(rows, ctx), ""]
+    if ctx["flags"]:
+        parts += ["## FLAGGED BACKENDS", "",
+                  f"> **WARNING: {len(ctx['flags'])} backend(s) drifted from their own torch-fp32 score by more "
+                  f"than the tolerance ({ctx['tolerance']}). Do not ship them until this is explained.**", ">",
+                  *(f"> - {f}" for f in ctx["flags"]), ""]
+    parts += ["## Sparse kernel", "", *(f"- {k}" for k in ctx["kernels"]), "",
+              "## benchmark_app cross-check", "", *_crosscheck(ctx), "",
+              "## How to read this", "",
+              "- Every ratio comes from one run on one machine. Expect a few percent of noise; "
+              "do not read another CPU's numbers into these.",
+              "- Sparse speedups need all three: INT8 weights, AMX on the CPU, and weight sparsity above the "
+              "decompression rate. Compare ov-int8 with ov-int8-dense for what the sparse kernel alone buys.",
+              "- Size MB is 10^6 bytes on disk; gzip MB is what shipping it compressed costs (zeros compress).",
+              "- Compare runs, experiments or machines with `python -m eval.compare A/bench.json B/bench.json` "
+              "(it refuses to put a ratio on pairs that differ in precision, threads, hardware or versions).", ""]
+    return "\n".join(parts)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on CI or edge boxes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_throughput(rows: list[dict], path, shape=None) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    points = [r for r in rows if r[TPUT] != NA]
+    for model, marker in zip(dict.fromkeys(r["model"] for r in points), "o^sDv"):
+        mine = [r for r in points if r["model"] == model]
+        ax.scatter([r[TPUT] for r in mine], [r["score"] for r in mine], marker=marker, s=60, label=model)
+        spots = {}  # identical points (a dense model's ov-int8 and ov-int8-dense) share one label
+        for r in mine:
+            spots.setdefault((r[TPUT], r["score"]), []).append(r["backend"])
+        for xy, names in spots.items():
+            ax.annotate(" / ".join(names), xy, textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if not points:
+        ax.text(0.5, 0.5, "no throughput measured at this shape", ha="center", transform=ax.transAxes)
+    where = f" at batch {shape[0]}, seq {shape[1]}" if shape else ""
+    ax.set_xlabel(f"throughput{where} (sequences/s)")
+    ax.set_ylabel("dev score (mean of task metrics)")
+    ax.set_title("Accuracy vs throughput")
+    ax.grid(alpha=0.3)
+    if points:
+        ax.legend(title="model")
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
+
+
+def _series_label(model: str, seq: int, streams: int) -> str:
+    return f"{model} s{seq}" + (f" ×{streams} streams" if streams > 1 else "")
+
+
+def plot_throughput_by_backend(bench: dict, path) -> None:
+    """Grouped bars: backends on x, one bar per (model, seq_len[, streams]), one panel per batch size."""
+    plt = _pyplot()
+    res = [r for r in bench["results"] if r.get(TPUT) is not None]
+    batches = sorted({r["batch"] for r in res}) or [0]
+    backends = list(dict.fromkeys(r["backend"] for r in res))
+    series = sorted({(r["model"], r["seq_len"], r["streams"]) for r in res}, key=lambda s: (s[0] != "teacher", s))
+    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 4.8), squeeze=False)
+    width = 0.8 / max(len(series), 1)
+    for ax, batch in zip(axes[0], batches):
+        cells = {(r["model"], r["seq_len"], r["streams"], r["backend"]): r[TPUT] for r in res if r["batch"] == batch}
+        for i, s in enumerate(series):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j, b in enumerate(backends) if (*s, b) in cells]
+            ys = [cells[(*s, b)] for b in backends if (*s, b) in cells]
+            ax.bar(xs, ys, width, label=_series_label(*s))
+        ax.set_xticks(range(len(backends)), backends, rotation=30, ha="right")
+        ax.set_xlabel("backend")
+        ax.set_ylabel("throughput (sequences/s)")
+        ax.set_title(f"batch {batch}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
+
+
+def plot_data(rows: list[dict], bench: dict) -> dict[str, list[dict]]:
+    """Flat records for `dvc plots`: file name -> list of records (labels unique within a file)."""
+    acc = [{"label": f"{r['model']} {r['backend']}", "model": r["model"], "backend": r["backend"],
+            "score": r["score"], TPUT: r[TPUT]} for r in rows if r[TPUT] != NA]
+    tput = [{"label": f"{r['model']} {r['backend']} b{r['batch']} s{r['seq_len']}"
+                      + (f" x{r['streams']}" if r["streams"] > 1 else ""),
+             "model": r["model"], "backend": r["backend"], "batch": r["batch"], "seq_len": r["seq_len"],
+             "streams": r["streams"], TPUT: r[TPUT]} for r in bench["results"] if r.get(TPUT) is not None]
+    return {"accuracy_vs_throughput.json": acc, "throughput.json": tput}

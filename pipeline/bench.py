@@ -1,0 +1,121 @@
+"""Stage `bench`: latency and throughput of every model on every backend over a grid of shapes.
+
+    python -m pipeline.bench           # reads the `bench` section of params.yaml
+
+One backend is loaded at a time, threads are fixed, and the PyTorch FP32 dense teacher is timed
+in the same run so every figure is also a ratio to it. Each result records what actually ran.
+Student OpenVINO INT8 cells listed in bench.crosscheck_shapes are re-timed by benchmark_app; a gap
+over 15% is reported. Output: metrics/bench.json.
+"""
+from __future__ import annotations
+
+import gc
+import itertools
+import sys
+
+from pipeline.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
+from pipeline.params import load_section
+
+BASELINE = {"model": "teacher", "backend": "torch-fp32"}
+GAP = 0.15
+
+
+def grid(p: dict) -> list[tuple]:
+    """(batch, seq, streams) cells; streams > 1 only exist for OpenVINO backends."""
+    return list(itertools.product(p["batch_sizes"], p["seq_lens"], p["streams"]))
+
+
+def add_speedups(results: list[dict]) -> None:
+    base = {(r["batch"], r["seq_len"]): r["throughput_seq_per_s"] for r in results
+            if r["model"] == BASELINE["model"] and r["backend"] == BASELINE["backend"] and r["streams"] == 1}
+    for r in results:
+        b = base.get((r["batch"], r["seq_len"]))
+        r["speedup_vs_baseline"] = round(r["throughput_seq_per_s"] / b, 3) if b else None
+
+
+def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
+    from eval.backends import load
+    from eval.bench import async_streams, summarize, synthetic_feed, time_loop
+
+    rows = []
+    for streams in sorted(set(p["streams"])):
+        if streams > 1 and not backend.startswith("ov-"):
+            continue
+        runner = load(backend, paths, threads, streams)
+        for batch, seq in itertools.product(p["batch_sizes"], p["seq_lens"]):
+            feed = synthetic_feed(batch, seq, vocab, p["seed"])
+            if streams == 1:
+                figures = summarize(time_loop(lambda: runner.run(feed), p["warmup_iters"], p["min_iters"],
+                                              p["max_seconds"]), batch)
+            else:
+                figures = async_streams(runner.compiled, feed, streams, p["warmup_iters"], p["max_seconds"], batch)
+            rows.append({"model": model, **runner.info, **runner.kernels(), "batch": batch, "seq_len": seq, **figures})
+            bar.update(1)
+        del runner
+        gc.collect()
+    return rows
+
+
+def crosscheck(results: list[dict], p: dict, threads: int, paths) -> list[dict]:
+    from deploy import openvino as dov
+    from eval.bench import benchmark_app
+    from pipeline.common import read_json
+
+    out = []
+    config = read_json(paths.compiled_dir / "compile_config.json")
+    for batch, seq in p["crosscheck_shapes"]:
+        ours = next((r for r in results if r["model"] == "student" and r["backend"] == "ov-int8"
+                     and r["batch"] == batch and r["seq_len"] == seq and r["streams"] == 1), None)
+        if ours is None:
+            continue
+        ba = benchmark_app(paths.compiled_dir / "int8.xml", config, batch, seq, threads, p["crosscheck_seconds"])
+        row = {"model": "student", "backend": "ov-int8", "batch": batch, "seq_len": seq,
+               "ours_seq_per_s": ours["throughput_seq_per_s"], "benchmark_app": ba,
+               "sparse_rate": config.get(dov.SPARSE_RATE_KEY)}
+        if "seq_per_s" in ba:
+            row["benchmark_app_seq_per_s"] = ba["seq_per_s"]
+            row["ratio"] = round(ours["throughput_seq_per_s"] / ba["seq_per_s"], 3)
+            row["gap_over_15pct"] = abs(row["ratio"] - 1) > GAP
+        out.append(row)
+    return out
+
+
+def main(params_path: str = "params.yaml") -> dict:
+    p = load_section("bench", params_path)
+    bad = [s for s in p["crosscheck_shapes"] if len(s) != 2]
+    if bad:
+        raise ValueError(f"bench.crosscheck_shapes {bad}: each must be [batch, sequence_length]")
+    seed_everything(p["seed"])
+    threads = set_threads(p["threads"])
+    from tqdm.auto import tqdm
+
+    from eval.backends import model_paths
+    from pipeline.models import read_config
+
+    # The baseline is always timed in this run, even when its model is not in bench.models.
+    plan = [(m, p["backends"] if m in p["models"] else [BASELINE["backend"]])
+            for m in sorted(set(p["models"]) | {BASELINE["model"]}, key=lambda m: m != BASELINE["model"])]
+    cells = sum(len(p["batch_sizes"]) * len(p["seq_lens"]) * sum(s == 1 or b.startswith("ov-") for s in p["streams"])
+                for _, backends in plan for b in backends)
+    results = []
+    with Timer() as t, tqdm(total=cells, desc="bench", mininterval=2) as bar:
+        for model, backends in plan:
+            paths = model_paths(model, params_path)
+            vocab = read_config(paths.torch_dir)["vocab_size"]
+            for backend in backends:
+                results += bench_backend(model, backend, paths, p, threads, vocab, bar)
+        add_speedups(results)
+        checks = crosscheck(results, p, threads, model_paths("student", params_path)) if "student" in p["models"] else []
+    for c in checks:
+        if c.get("gap_over_15pct"):
+            print(f"[bench] cross-check gap: ours {c['ours_seq_per_s']} vs benchmark_app "
+                  f"{c['benchmark_app_seq_per_s']} seq/s at b{c['batch']} s{c['seq_len']}")
+    return write_metrics("bench", {"hardware": cpu_info(), "threads": threads, "baseline": BASELINE,
+                                   "grid": {"batch_sizes": p["batch_sizes"], "seq_lens": p["seq_lens"],
+                                            "streams": p["streams"]},
+                                   "results": results, "crosscheck": checks,
+                                   "wall_time_s": round(t.seconds, 2)}, threads)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,130 @@
+"""Stage `report`: one page a person reads instead of five metrics files.
+
+    python -m pipeline.report          # reads the `report` section of params.yaml
+
+Inputs: metrics/{teacher,prune,compile,eval,bench}.json. Output (report.out_dir, replaced whole):
+report.md (what ran and where, the accuracy / size / latency / throughput / speedup table, drift
+flags, sparse-kernel coverage, the benchmark_app cross-check), accuracy_vs_throughput.png,
+throughput.png, and plots/{accuracy_vs_throughput,throughput}.json for `dvc plots`;
+metrics/report.json with the headline ratios. Rendering lives in eval/report.py.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from eval.report import (NA, TPUT, bench_cells, bench_value, build_context, plot_accuracy_vs_throughput,
+                         plot_data, plot_throughput_by_backend, ratio, render_markdown, render_table, table_rows)
+from pipeline.common import METRICS_DIR, Timer, atomic_dir, read_json, write_json, write_metrics
+from pipeline.params import load_section
+
+INPUTS = ("teacher", "prune", "compile", "eval", "bench")  # metrics/<stage>.json, each written by that stage
+REQUIRED = {
+    "teacher": ("score",),
+    "prune": ("score", "encoder_linear_sparsity"),
+    "compile": ("models",),
+    "eval": ("task", "metrics", "results"),
+    "bench": ("results",),
+}
+ROW_KEYS = {
+    "eval": ("model", "backend", "precision", "score"),
+    "bench": ("model", "backend", "batch", "seq_len", "streams", "latency_ms_p50", TPUT),
+}
+MODEL_KEYS = ("sparse_fc_layers", "fc_layers", "fc_reasons", "sizes")
+
+
+class ReportInputError(ValueError):
+    """A metrics file the report needs is malformed; the message names the file and the key."""
+
+
+def _missing(doc: dict, keys) -> list[str]:
+    return [k for k in keys if k not in doc]
+
+
+def check_doc(stage: str, path: Path, doc) -> None:
+    """Fail on a malformed input now, naming file and key, rather than with a KeyError mid-render."""
+    rerun = f"rerun stage `{stage}` (dvc repro {stage})"
+    if not isinstance(doc, dict):
+        raise ReportInputError(f"report: {path} holds a {type(doc).__name__}, not an object; {rerun}")
+    if bad := _missing(doc, REQUIRED[stage]):
+        raise ReportInputError(f"report: {path} lacks key(s) {bad}; {rerun}")
+    if stage in ROW_KEYS:
+        if not isinstance(doc["results"], list) or not doc["results"]:
+            raise ReportInputError(f"report: {path}: 'results' is empty or not a list; {rerun}")
+        keys = ROW_KEYS[stage] + (tuple(doc["metrics"]) if stage == "eval" else ())
+        for i, row in enumerate(doc["results"]):
+            if bad := _missing(row, keys):
+                raise ReportInputError(f"report: {path}: results[{i}] lacks key(s) {bad}; {rerun}")
+    if stage == "compile":
+        for name, model in doc["models"].items():
+            if bad := _missing(model, MODEL_KEYS):
+                raise ReportInputError(f"report: {path}: models.{name} lacks key(s) {bad}; {rerun}")
+
+
+def load_inputs(metrics_dir: Path = METRICS_DIR) -> dict:
+    """stage -> its parsed metrics file; every file is checked before any rendering starts."""
+    absent = [s for s in INPUTS if not (metrics_dir / f"{s}.json").is_file()]
+    if absent:
+        raise FileNotFoundError("report: missing " + "; ".join(
+            f"{metrics_dir / f'{s}.json'} (written by stage `{s}`: dvc repro {s})" for s in absent))
+    docs = {}
+    for stage in INPUTS:
+        path = metrics_dir / f"{stage}.json"
+        try:
+            docs[stage] = read_json(path)
+        except json.JSONDecodeError as e:
+            raise ReportInputError(f"report: {path} is not valid JSON ({e}); rerun stage `{stage}`") from e
+        check_doc(stage, path, docs[stage])
+    return docs
+
+
+def _num(v):
+    return None if v == NA else round(v, 4)
+
+
+def headline(rows: list[dict], bench: dict, latency_shape, throughput_shape) -> dict:
+    """The figures a person quotes: student ov-int8 vs the PyTorch FP32 teacher, and sparse kernel on vs off."""
+    student = next((r for r in rows if r["model"] == "student" and r["backend"] == "ov-int8"), {})
+    cells = bench_cells(bench)
+
+    def on_off(shape):
+        return ratio(bench_value(cells, "student", "ov-int8", tuple(shape), TPUT),
+                     bench_value(cells, "student", "ov-int8-dense", tuple(shape), TPUT))
+
+    return {"student_ov_int8_speedup_x": _num(student.get("speedup_x", NA)),
+            "student_ov_int8_speedup_x_latency_shape": _num(student.get("speedup_x_latency_shape", NA)),
+            "sparse_on_off_x": _num(on_off(throughput_shape)),
+            "sparse_on_off_x_latency_shape": _num(on_off(latency_shape))}
+
+
+def write_report(out: Path, rows: list[dict], ctx: dict, bench: dict, throughput_shape) -> None:
+    (out / "report.md").write_text(render_markdown(rows, ctx))
+    plot_accuracy_vs_throughput(rows, out / "accuracy_vs_throughput.png", throughput_shape)
+    plot_throughput_by_backend(bench, out / "throughput.png")
+    for name, records in plot_data(rows, bench).items():
+        write_json(out / "plots" / name, records)
+
+
+def main(params_path: str = "params.yaml") -> dict:
+    p = load_section("report", params_path)
+    lat, tput = p["latency_shape"], p["throughput_shape"]
+    with Timer() as t:
+        docs = load_inputs()
+        args = [docs[s] for s in INPUTS]
+        rows, ctx = table_rows(*args, lat, tput), build_context(*args, lat, tput)
+        for note in ctx["notes"]:
+            print(f"[report] warning: {note}", file=sys.stderr)
+        with atomic_dir(p["out_dir"]) as out:
+            write_report(out, rows, ctx, docs["bench"], tput)
+    print(render_table(rows, ctx))
+    return write_metrics("report", {
+        "rows": len(rows), "latency_shape": lat, "throughput_shape": tput,
+        **headline(rows, docs["bench"], lat, tput),
+        "flagged_backends": len(ctx["flags"]),
+        "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
+        "wall_time_s": round(t.seconds, 2)})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
