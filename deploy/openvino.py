@@ -36,11 +36,13 @@ def quantize_int8(model, batches: list[dict], subset_size: int):
                          subset_size=subset_size)
 
 
-def compile_config(sparsity: float, precision: str, margin: float, min_rate: float, threads: int) -> dict:
-    """CPU properties, stated explicitly. The rate sits a little below the measured sparsity: a "90%"
-    matrix holds 0.899997 zeros, and a rate of exactly 0.9 leaves most layers dense."""
-    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": str(threads),
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+def compile_config(sparsity: float, precision: str, margin: float, min_rate: float) -> dict:
+    """CPU properties, stated explicitly; threads are left to whoever runs it (bench, eval, the device).
+
+    `sparsity` is the least sparse pruned layer's zero fraction: OpenVINO compares each layer with
+    the one rate, and a "90%" matrix holds 0.899997 zeros, so a rate of exactly 0.9 would leave
+    most layers dense. The rate sits `margin` below it."""
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
     if sparsity >= min_rate:
         config[SPARSE_RATE_KEY] = f"{max(sparsity - margin, 0.0):.4f}"
     return config

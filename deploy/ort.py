@@ -39,13 +39,18 @@ def make_session(path: Path, names: list[str], *, allow_fallback: bool = False, 
     opts.intra_op_num_threads = threads
     # Several sessions in one process starve each other through spinning worker threads.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    accelerated = [w for w in wanted if w != "CPUExecutionProvider"]
+    if accelerated and not allow_fallback:
+        # Without this, nodes a GPU provider cannot take run on the CPU provider without a word.
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     entries = [e for e, w in zip(provider_list(names, trt), wanted) if w in available] or ["CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), opts, providers=entries)
     used = sess.get_providers()
-    if used[0] != wanted[0] and not allow_fallback:
-        raise ProviderError(f"asked for {wanted[0]} but the session runs on {used}; set allow_fallback: true "
-                            f"to accept that")
-    return sess, {"requested": wanted, "used": used, "fallback": used[0] != wanted[0], "threads": threads,
+    lost = [w for w in wanted if w not in used]
+    if lost and not allow_fallback:
+        raise ProviderError(f"asked for {wanted} but the session runs on {used} ({lost} did not load); "
+                            f"set allow_fallback: true to accept that")
+    return sess, {"requested": wanted, "used": used, "fallback": bool(lost), "threads": threads,
                   "spinning": False}
 
 

@@ -78,8 +78,10 @@ def _load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tok
 
 
-def _compile(root: Path, device: str):
+def _compile(root: Path, device: str, threads: int | None):
     config = json.loads((root / "compile_config.json").read_text())
+    if threads:  # the bundle does not fix a thread count: the device it lands on decides
+        config["INFERENCE_NUM_THREADS"] = str(threads)
     try:
         return ov.Core().compile_model(str(root / "model.xml"), device, config)
     except RuntimeError as e:  # OpenVINO nests a C++ trace; its last line is the cause (e.g. an unknown property)
@@ -96,7 +98,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Bundle:
     """A verified, compiled bundle. One infer request is reused: share a Bundle across threads only with a lock."""
 
-    def __init__(self, path, device: str = "CPU"):
+    def __init__(self, path, device: str = "CPU", threads: int | None = None):
         t0 = time.perf_counter()
         self.path = Path(path)
         self.manifest = verify(self.path)
@@ -108,7 +110,7 @@ class Bundle:
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise BundleError(f"{self.path}: labels.json has a bad max_length {self.max_length!r}")
         self.tokenizer = _load_tokenizer(self.path / "tokenizer.json", self.max_length)
-        self.compiled = _compile(self.path, device)
+        self.compiled = _compile(self.path, device, threads)
         self.input_names = self._input_names()
         self.output = next((o for o in self.compiled.outputs if "logits" in o.get_names()), self.compiled.output(0))
         self.request = self.compiled.create_infer_request()
@@ -197,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pair", help="second sentence for --text")
     ap.add_argument("--show-info", action="store_true", help="print the manifest and load time")
     ap.add_argument("--device", default="CPU")
+    ap.add_argument("--threads", type=int, default=None, help="inference threads (default: OpenVINO decides)")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
     if args.text is None and args.jsonl is None and not args.show_info:
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
     if args.pair is not None and args.text is None:
         ap.error("--pair goes with --text")
     try:
-        bundle = Bundle(args.bundle, args.device)
+        bundle = Bundle(args.bundle, args.device, args.threads)
         if args.show_info:  # to stderr when predicting, so stdout stays one line per input
             print(json.dumps(bundle.info()), file=sys.stdout if args.text is None and args.jsonl is None else sys.stderr)
         rows = [(args.text, args.pair)] if args.text is not None else _jsonl_rows(args.jsonl) if args.jsonl else []

@@ -45,7 +45,8 @@ def summarize(latencies: list[float], batch: int) -> dict:
             "throughput_seq_per_s": round(float(batch * len(ms) / (ms.sum() / 1000)), 2)}
 
 
-def async_streams(compiled, feed: dict, streams: int, warmup: int, max_seconds: float, batch: int) -> dict:
+def async_streams(compiled, feed: dict, streams: int, warmup: int, min_iters: int, max_seconds: float,
+                  batch: int) -> dict:
     """OpenVINO throughput mode: `streams` requests in flight; latency per request, throughput overall."""
     import openvino as ov
 
@@ -53,14 +54,16 @@ def async_streams(compiled, feed: dict, streams: int, warmup: int, max_seconds: 
     feed = {k: v for k, v in feed.items() if k in names}
     queue = ov.AsyncInferQueue(compiled, streams)
     lat = []
-    queue.set_callback(lambda req, t0: lat.append(time.perf_counter() - t0))
+    # The request's own latency: a wall clock started before start_async would also count the wait
+    # for a free request.
+    queue.set_callback(lambda req, _: lat.append(req.latency / 1000))
     for _ in range(warmup * streams):
-        queue.start_async(feed, time.perf_counter())
+        queue.start_async(feed)
     queue.wait_all()
     lat.clear()
     start = time.perf_counter()
-    while time.perf_counter() - start < max_seconds or len(lat) < streams:
-        queue.start_async(feed, time.perf_counter())
+    while time.perf_counter() - start < max_seconds or len(lat) < max(streams, min_iters):
+        queue.start_async(feed)
     queue.wait_all()
     elapsed = time.perf_counter() - start
     out = summarize(lat, batch)

@@ -18,7 +18,7 @@ RUNNER = """
 import json, resource, time
 t0 = time.perf_counter()
 from deploy.runner import Bundle
-b = Bundle({bundle!r})
+b = Bundle({bundle!r}, threads={threads})
 out = b.predict([{text!r}])
 t1 = time.perf_counter()
 import sys
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    result = {"bundle_runner": measure(RUNNER.format(bundle=a.bundle, text=TEXT), a.runs),
+    result = {"bundle_runner": measure(RUNNER.format(bundle=a.bundle, text=TEXT, threads=a.threads), a.runs),
               "torch_transformers": measure(TORCH.format(model_dir=a.model_dir, text=TEXT, threads=a.threads),
                                             a.runs)}
     b, t = result["bundle_runner"], result["torch_transformers"]

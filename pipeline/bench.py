@@ -48,7 +48,8 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
                 figures = summarize(time_loop(lambda: runner.run(feed), p["warmup_iters"], p["min_iters"],
                                               p["max_seconds"]), batch)
             else:
-                figures = async_streams(runner.compiled, feed, streams, p["warmup_iters"], p["max_seconds"], batch)
+                figures = async_streams(runner.compiled, feed, streams, p["warmup_iters"], p["min_iters"],
+                                        p["max_seconds"], batch)
             rows.append({"model": model, **runner.info, **runner.kernels(), "batch": batch, "seq_len": seq, **figures})
             bar.update(1)
         del runner

@@ -27,12 +27,14 @@ def seed_everything(seed: int) -> None:
 
 
 def physical_cores() -> int:
+    """Physical cores, capped by the CPUs this process may run on (containers restrict them)."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         import psutil
 
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        return min(psutil.cpu_count(logical=False) or allowed, allowed)
     except ImportError:
-        return os.cpu_count() or 1
+        return allowed
 
 
 def set_threads(threads: int) -> int:

@@ -27,15 +27,17 @@ class DataError(ValueError):
     """Bad input data; the message names the file, row and column at fault."""
 
 
-def read_table(path: Path, header: bool = True, quoting: int = csv.QUOTE_NONE) -> tuple[list, list[list[str]]]:
-    """GLUE TSVs are read with QUOTE_NONE: some fields start with a quote that is part of the text."""
+def read_table(path: Path, header: bool = True, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list, list[list[str]]]:
+    """User CSV/TSV files follow the usual quoting; GLUE passes QUOTE_NONE, since some of its fields
+    start with a quote that is part of the text."""
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found")
     delim = "," if path.suffix.lower() == ".csv" else "\t"
-    quoting = csv.QUOTE_MINIMAL if delim == "," else quoting
     with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
         rows = list(csv.reader(f, delimiter=delim, quoting=quoting))
-    return (rows[0], rows[1:]) if header and rows else ([], rows)
+    if len(rows) <= int(header):
+        raise DataError(f"data file {str(path)!r} has no data rows")
+    return (rows[0], rows[1:]) if header else ([], rows)
 
 
 def read_jsonl(path: Path) -> tuple[list, list[dict]]:
@@ -48,6 +50,8 @@ def read_jsonl(path: Path) -> tuple[list, list[dict]]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    if not rows:
+        raise DataError(f"data file {str(path)!r} has no data rows")
     return sorted({k for r in rows for k in r}), rows
 
 
@@ -93,7 +97,7 @@ def load_glue(p: dict) -> tuple[dict, dict]:
     base = Path(p["glue_dir"]) / spec["dir"]
     splits = {}
     for split, fname in (("train", "train.tsv"), ("eval", spec["dev"])):
-        header, rows = read_table(base / fname, header=spec["header"])
+        header, rows = read_table(base / fname, header=spec["header"], quoting=csv.QUOTE_NONE)
         splits[split] = (base / fname, pick_columns(base / fname, header, rows, spec["text"], spec["pair"],
                                                     spec["label"]))
     return splits, {"task": task, "labels": spec["labels"], "metrics": spec["metrics"]}
@@ -126,6 +130,9 @@ def load_files(p: dict) -> tuple[dict, dict]:
                                             p["label_column"]))
     regression = set(p["metrics"]) <= {"pearson", "spearman"}
     labels = None if regression else (p["labels"] or sorted({y for _, _, y in splits["train"][1]}))
+    if labels is not None and len(labels) > 2 and "f1" in p["metrics"]:
+        raise DataError(f"data.metrics has f1, which is binary (class 1 as positive), but there are {len(labels)} "
+                        f"labels: {labels}; use accuracy or mcc")
     return splits, {"task": "custom", "labels": labels, "metrics": p["metrics"]}
 
 

@@ -34,7 +34,7 @@ PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
 
 
 def _pattern(v):
-    if not PATTERN_RE.match(v):
+    if not PATTERN_RE.match(v) or ("x" in v and v != "channelx1" and 0 in map(int, v.split("x"))):
         return "allowed: 1x1 (unstructured), NxM blocks such as 4x1, N:M such as 2:4, channelx1 (FFN channels + heads)"
 
 
@@ -251,6 +251,8 @@ def _check_data(v: dict) -> None:
         for k in ("train_file", "eval_file", "text_column", "label_column", "metrics"):
             if not v[k]:
                 raise ParamsError(f"params: data.{k} is required when data.source = 'file'")
+        if v["labels"] is not None and len(set(v["labels"])) != len(v["labels"]):
+            raise ParamsError(f"params: data.labels = {v['labels']} repeats a label; each class needs one name")
         bad = [m for m in v["metrics"] if m not in METRICS]
         if bad:
             raise ParamsError(f"params: data.metrics has unknown metric(s) {bad}; allowed: {', '.join(METRICS)}")

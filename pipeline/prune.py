@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.common import Timer, atomic_dir, fingerprint, seed_everything, set_threads, write_metrics
+from pipeline.common import Timer, atomic_dir, seed_everything, set_threads, write_json, write_metrics
 from pipeline.params import load_section, upstream_dir
 from pipeline.teacher import dvclive_logger, load_inputs
 
@@ -85,11 +85,15 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline import inc, sparsity
     from pipeline.distill import layer_map
     from pipeline.models import load_tokenizer, load_trained, save_model, weights_sha256
-    from pipeline.train import NoExtra, evaluate, fit
+    from pipeline.train import NoExtra, clear_checkpoint, evaluate, fit, run_fingerprint
 
     meta, train, dev = load_inputs(data_dir)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False)
     student = build_student(p, meta, teacher_dir)
+    misfits = sparsity.pattern_misfits(student, p["pattern"]) if p["target_sparsity"] > 0 else []
+    if misfits:
+        raise PruneError(f"prune.pattern = {p['pattern']!r} does not divide these layers' weights: "
+                         f"{', '.join(misfits[:4])}{' ...' if len(misfits) > 4 else ''}; pick block sizes that do")
     dense_ref = sparsity.summarize(teacher)["encoder_linear_params"]
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     pruners = []
@@ -100,14 +104,13 @@ def main(params_path: str = "params.yaml") -> dict:
         pruners.append(inc.Pruner(student, optimizer, p, total_steps))
         return pruners[0]
 
-    fp = fingerprint("prune", p, meta, weights_sha256(str(teacher_dir)))
+    fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
-        log, close = dvclive_logger("prune", resumed=(Path(p["checkpoint_dir"]) / "state.pt").exists())
         result = fit(student, train, dev, meta, p, make_loss(teacher, p, meta["problem_type"] == "regression",
                                                              mapping),
                      stage="prune", fp=fp, prepare=prepare,
-                     eligible=lambda step: not pruners or step > pruners[0].end_step, log=log)
-        close()
+                     eligible=lambda step: not pruners or step > pruners[0].end_step,
+                     make_log=lambda resumed: dvclive_logger("prune", resumed))
         structured = p["pattern"] == "channelx1" and p["target_sparsity"] > 0
         if pruners:
             pruners[0].detach()
@@ -126,13 +129,17 @@ def main(params_path: str = "params.yaml") -> dict:
             check_target(achieved, p["target_sparsity"], tol)
         with atomic_dir(p["out_dir"]) as out:
             save_model(student, load_tokenizer(str(data_dir / "tokenizer")), out, slimmed=structured)
+            write_json(out / "sparsity.json", after)  # per-layer detail; metrics keep the summary
+        clear_checkpoint(p)
     return write_metrics("prune", {
         **{k: v for k, v in scores.items()},
         **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         "teacher": teacher_scores, "target_sparsity": p["target_sparsity"], "pattern": p["pattern"],
         "achieved_sparsity": round(achieved, 6), "tolerance": tol, "slimmed": structured,
         "nm_groups_fixed": nm_fixed,
-        **{k: v for k, v in after.items() if k != "layers"}, "layers": after["layers"],
+        **{k: v for k, v in after.items() if k != "layers"},
+        "layer_sparsity_min": min(v["sparsity"] for v in after["layers"].values()),
+        "layer_sparsity_max": max(v["sparsity"] for v in after["layers"].values()),
         "layer_shapes": [{"heads": l.attention.self.num_attention_heads, "ffn": l.intermediate.dense.out_features}
                          for l in getattr(student, student.base_model_prefix).encoder.layer],
         "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],

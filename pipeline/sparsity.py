@@ -45,6 +45,19 @@ def group_sparsity(layers: dict, names) -> float:
     return sum(v["zeros"] for v in chosen) / numel if numel else 0.0
 
 
+def pattern_misfits(model, pattern: str) -> list[str]:
+    """Encoder Linear layers whose shape a block pattern does not divide. INC skips such layers with
+    only a warning, so the stage checks first and names them."""
+    if "x" in pattern and pattern != "channelx1":
+        rows, cols = map(int, pattern.split("x"))   # INC's NxM: N output rows by M input columns
+    elif ":" in pattern:
+        rows, cols = 1, int(pattern.split(":")[1])
+    else:
+        return []
+    return [f"{name} {tuple(m.weight.shape)}" for name, m in encoder_linears(model).items()
+            if m.weight.shape[0] % rows or m.weight.shape[1] % cols]
+
+
 @torch.no_grad()
 def enforce_n_m(model, n: int, m: int) -> int:
     """Make every group of m consecutive inputs hold at least n zeros (INC's N:M pattern leaves about

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.common import Timer, atomic_dir, fingerprint, read_json, seed_everything, set_threads, write_metrics
+from pipeline.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_metrics
 from pipeline.params import load_section, upstream_dir
 
 
@@ -46,17 +46,17 @@ def main(params_path: str = "params.yaml") -> dict:
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from pipeline.models import load_classifier, load_tokenizer, resolve_model, save_model
-    from pipeline.train import fit
+    from pipeline.train import clear_checkpoint, fit, run_fingerprint
 
     meta, train, dev = load_inputs(data_dir)
     model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
-    fp = fingerprint("teacher", p, meta)
+    fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
-        log, close = dvclive_logger("teacher", resumed=(Path(p["checkpoint_dir"]) / "state.pt").exists())
-        result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, log=log)
-        close()
+        result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp,
+                     make_log=lambda resumed: dvclive_logger("teacher", resumed))
         with atomic_dir(p["out_dir"]) as out:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
+        clear_checkpoint(p)
     best = result["best"]
     return write_metrics("teacher", {
         **{k: v for k, v in best.items() if k not in ("epoch", "step")}, "best_epoch": best["epoch"],

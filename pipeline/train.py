@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.common import fingerprint, sha256_file
 from pipeline.tasks import compute_metrics
 
 CKPT = "state.pt"
@@ -120,6 +121,19 @@ def load_checkpoint(ckpt_dir: Path, fp: str) -> dict | None:
     return state
 
 
+def run_fingerprint(stage: str, p: dict, data_dir: Path, *extra) -> str:
+    """What a checkpoint must match to be resumed: the stage's params, the tokenized data bytes and
+    the training code. Anything else changed means the saved progress belongs to another run."""
+    code = {f.name: sha256_file(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
+    data = {s: sha256_file(Path(data_dir) / f"{s}.safetensors") for s in ("train", "eval")}
+    return fingerprint(stage, p, data, code, *extra)
+
+
+def clear_checkpoint(p: dict) -> None:
+    """Called once the stage's output is safely in place: a finished run leaves nothing to resume."""
+    shutil.rmtree(p["checkpoint_dir"], ignore_errors=True)
+
+
 class NoExtra:
     """Extra state carried through checkpoints (the pruner uses this)."""
 
@@ -131,11 +145,12 @@ class NoExtra:
 
 
 def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stage: str, fp: str,
-        prepare=None, eligible=lambda step: True, log=None) -> dict:
+        prepare=None, eligible=lambda step: True, make_log=None) -> dict:
     """Train with `loss_fn(model, batch) -> (loss, parts)`; returns history, timing and best metrics.
 
     `prepare(optimizer, total_steps)` may wrap the optimizer (pruning) and returns the extra-state
-    object; `eligible(step)` says whether a model at `step` may become the kept "best" one.
+    object; `eligible(step)` says whether a model at `step` may become the kept "best" one;
+    `make_log(resumed) -> (log(step, values), close())` opens the training-curve logger.
     """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
@@ -156,6 +171,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
         step, history, best, timing = state["step"], state["history"], state["best"], state["timing"]
         print(f"[{stage}] resuming from step {step}/{total}")
     resumed_from = step
+    log, close_log = make_log(state is not None) if make_log else (None, lambda: None)
 
     def checkpoint():
         save_checkpoint(ckpt_dir, {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -198,6 +214,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
         checkpoint()
         model.train()
     bar.close()
+    close_log()
     if best is not None:
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
     tt = max(timing["train_s"], 1e-9)

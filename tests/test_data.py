@@ -1,4 +1,5 @@
 """Readers and the data stage: GLUE layout, user files, and clear errors for bad input."""
+import csv
 import json
 import os
 
@@ -24,8 +25,9 @@ def write_glue(root):
 
 def test_glue_reader_keeps_quotes_and_strips_bom(tmp_path):
     glue = write_glue(tmp_path)
-    header, rows = read_table(glue / "MRPC" / "train.tsv")
+    header, rows = read_table(glue / "MRPC" / "train.tsv", quoting=csv.QUOTE_NONE)
     assert header[0] == "Quality" and len(rows) == 16
+    assert len(read_table(glue / "MRPC" / "train.tsv")[1]) < 16   # a quoting reader merges rows: why GLUE opts out
     picked = pick_columns("f", header, rows, "#1 String", "#2 String", "Quality")
     assert picked[0] == ('"Officials at Brandeis said .', "They said so .", "1")
 
@@ -66,6 +68,22 @@ def test_bad_input_is_named(project, change, needle):
     with pytest.raises(DataError, match=needle):
         data.main(write(params))
     assert not os.path.exists(params["data"]["out_dir"])
+
+
+def test_f1_needs_two_classes(project, tmp_path):
+    params, write = project
+    rows = "sentence\tlabel\n" + "".join(f"text {i}\t{'abc'[i % 3]}\n" for i in range(30))
+    for name in ("tr.tsv", "ev.tsv"):
+        (tmp_path / name).write_text(rows)
+    params["data"].update(train_file=str(tmp_path / "tr.tsv"), eval_file=str(tmp_path / "ev.tsv"), labels=None)
+    with pytest.raises(DataError, match="f1, which is binary.*3 labels"):
+        data.main(write(params))
+
+
+def test_empty_file_is_named(tmp_path):
+    (tmp_path / "e.tsv").write_text("sentence\tlabel\n")
+    with pytest.raises(DataError, match="e.tsv' has no data rows"):
+        read_table(tmp_path / "e.tsv")
 
 
 def test_encode_labels_regression_rejects_text():

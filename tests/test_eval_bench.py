@@ -2,6 +2,7 @@
 import pytest
 
 from eval.backends import BACKENDS as LOADERS
+from pipeline.common import cpu_info
 from pipeline.eval import drift_flags
 from pipeline.params import BACKENDS
 
@@ -19,7 +20,8 @@ def test_eval_covers_every_model_and_backend(built):
         if r["backend"] in ("ort-fp32", "ov-fp32"):   # same FP32 model, same metric
             assert r["delta_vs_torch"] == pytest.approx(0, abs=1e-9)
     bf16 = next(r for r in e["results"] if r["backend"] == "ov-bf16")
-    assert bf16["inference_precision"] in ("bf16", "f32")   # f32 on CPUs without bf16: reported, not assumed
+    has_bf16 = {"amx_bf16", "avx512_bf16"} & set(cpu_info()["isa"])
+    assert bf16["inference_precision"] == ("bf16" if has_bf16 else "f32")   # read back, not assumed
 
 
 def test_drift_is_flagged():
@@ -53,4 +55,4 @@ def test_bench_rows_are_complete_and_sane(built):
     ov = [r for r in b["results"] if r["backend"] == "ov-int8" and r["streams"] == 1]
     assert all("sparse_fc_layers" in r for r in ov)
     [check] = b["crosscheck"]
-    assert check["benchmark_app_seq_per_s"] > 0 and check["ratio"] > 0
+    assert check["benchmark_app_seq_per_s"] > 0 and 0.2 < check["ratio"] < 5   # same IR, same shape, same order

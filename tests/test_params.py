@@ -6,13 +6,14 @@ import pytest
 
 from pipeline import data, prune, teacher
 from tests.conftest import ROOT
-from pipeline.params import ParamsError, load_section, validate
+from pipeline.params import SCHEMA, ParamsError, load_section, validate
 
 BAD = [
     ("prune", "target_sparsity", 1.0, "prune.target_sparsity"),
     ("prune", "target_sparsity", -0.1, "prune.target_sparsity"),
     ("prune", "target_sparsity", "high", "prune.target_sparsity"),
     ("prune", "pattern", "3y1", "1x1"),
+    ("prune", "pattern", "0x4", "NxM blocks"),
     ("prune", "pattern", "2:4", "exceeds N/M"),          # target 0.8 > 2/4
     ("prune", "pruning_type", "movement", "magnitude, snip_momentum"),
     ("prune", "scope", "everywhere", "local, global"),
@@ -26,6 +27,7 @@ BAD = [
     ("data", "source", "s3", "glue, file, hub"),
     ("data", "max_length", 4, "data.max_length"),
     ("data", "metrics", ["bleu"], "bleu"),
+    ("data", "labels", ["pos", "pos"], "repeats a label"),
 ]
 
 
@@ -68,5 +70,5 @@ def test_missing_file_and_section(tmp_path):
 
 
 def test_repo_params_are_valid():
-    for section in ("data", "teacher", "prune"):
+    for section in SCHEMA:
         assert load_section(section, ROOT / "params.yaml")

@@ -66,3 +66,10 @@ def test_missed_target_fails_and_keeps_nothing(trained):
     with pytest.raises(prune.PruneError, match="missed prune.target_sparsity"):
         prune.main(write(params))
     assert not __import__("os").path.exists(params["prune"]["out_dir"])
+
+
+def test_block_pattern_that_does_not_fit_is_named(trained):
+    params, write = trained
+    params["prune"].update(pattern="5x1", target_sparsity=0.8)   # hidden 64 is not a multiple of 5
+    with pytest.raises(prune.PruneError, match="does not divide.*attention.self.query"):
+        prune.main(write(params))
