@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+from functools import partial
 import sys
 
 from pipeline.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
@@ -45,7 +46,7 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
         for batch, seq in itertools.product(p["batch_sizes"], p["seq_lens"]):
             feed = synthetic_feed(batch, seq, vocab, p["seed"])
             if streams == 1:
-                figures = summarize(time_loop(lambda: runner.run(feed), p["warmup_iters"], p["min_iters"],
+                figures = summarize(time_loop(partial(runner.run, feed), p["warmup_iters"], p["min_iters"],
                                               p["max_seconds"]), batch)
             else:
                 figures = async_streams(runner.compiled, feed, streams, p["warmup_iters"], p["min_iters"],

@@ -92,7 +92,7 @@ def make_optimizer(model, p: dict, total_steps: int):
     from transformers import get_linear_schedule_with_warmup
 
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 else decay).append(param)  # biases and LayerNorm: no decay
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]},

@@ -1,5 +1,4 @@
 """Export and compile: torch, onnxruntime and OpenVINO agree; sparsity survives; gates and policies bite."""
-import shutil
 from pathlib import Path
 
 import numpy as np
