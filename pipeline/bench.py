@@ -15,7 +15,7 @@ from functools import partial
 import sys
 
 from pipeline.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section
+from pipeline.params import load_section, metrics_dir
 
 BASELINE = {"model": "teacher", "backend": "torch-fp32"}
 GAP = 0.15
@@ -116,7 +116,7 @@ def main(params_path: str = "params.yaml") -> dict:
                                    "grid": {"batch_sizes": p["batch_sizes"], "seq_lens": p["seq_lens"],
                                             "streams": p["streams"]},
                                    "results": results, "crosscheck": checks,
-                                   "wall_time_s": round(t.seconds, 2)}, threads)
+                                   "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path))
 
 
 if __name__ == "__main__":

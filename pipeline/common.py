@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS_DIR = Path("metrics")
 _VERSIONED = ("torch", "transformers", "neural-compressor", "numpy", "onnx", "onnxruntime", "openvino", "dvc")
 
 
@@ -124,9 +123,10 @@ def atomic_dir(final: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_metrics(stage: str, metrics: dict, threads: int | None = None) -> dict:
+def write_metrics(stage: str, metrics: dict, threads: int | None, metrics_dir: Path) -> dict:
+    """metrics_dir/<stage>.json with the environment that produced it."""
     metrics = {**metrics, "env": env_info(threads)}
-    write_json(METRICS_DIR / f"{stage}.json", metrics)
+    write_json(Path(metrics_dir) / f"{stage}.json", metrics)
     return metrics
 
 

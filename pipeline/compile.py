@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common import Timer, atomic_dir, cpu_info, seed_everything, set_threads, write_json, write_metrics
-from pipeline.params import load_section, upstream_dir
+from pipeline.params import load_section, metrics_dir, upstream_dir
 
 
 def disk_size(path: Path) -> dict:
@@ -116,7 +116,8 @@ def main(params_path: str = "params.yaml") -> dict:
                              info={"model": name, "task": meta["task"], "precision": "int8",
                                    "weight_sparsity": r["weight_sparsity"], "dev_metrics": r["int8_ir_dev"],
                                    "sparse_fc_layers": r["sparse_fc_layers"], "cpu": cpu_info()})
-    return write_metrics("compile", {"models": results, "wall_time_s": round(t.seconds, 2)}, threads)
+    return write_metrics("compile", {"models": results, "wall_time_s": round(t.seconds, 2)}, threads,
+                         metrics_dir(params_path))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.common import Timer, atomic_dir, seed_everything, write_json, write_metrics
-from pipeline.params import load_section
+from pipeline.params import load_section, metrics_dir
 from pipeline.tasks import GLUE, HUB_DEV_SPLIT, normalize_task
 
 csv.field_size_limit(sys.maxsize)
@@ -196,7 +196,7 @@ def main(params_path: str = "params.yaml") -> dict:
             tokenizer.save_pretrained(out / "tokenizer")
             write_json(out / "meta.json", meta)
     return write_metrics("data", {"task": meta["task"], **{f"{k}_examples": v["examples"] for k, v in stats.items()},
-                                  "splits": stats, "wall_time_s": round(t.seconds, 2)})
+                                  "splits": stats, "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from pipeline.common import Timer, set_threads, write_metrics
-from pipeline.params import load_section, upstream_dir
+from pipeline.params import load_section, metrics_dir, upstream_dir
 
 REFERENCE = "torch-fp32"
 
@@ -68,7 +68,8 @@ def main(params_path: str = "params.yaml") -> dict:
     flags = drift_flags(results, p["tolerance"])
     metrics = write_metrics("eval", {"task": meta["task"], "metrics": meta["metrics"], "examples": len(dev),
                                      "tolerance": p["tolerance"], "results": results, "flags": flags,
-                                     "wall_time_s": round(t.seconds, 2)}, threads)
+                                     "wall_time_s": round(t.seconds, 2)}, threads,
+                            metrics_dir(params_path))
     for f in flags:
         print(f"[eval] FLAGGED: {f}")
     if flags and p["fail_on_drift"]:

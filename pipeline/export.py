@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section, upstream_dir
+from pipeline.params import load_section, metrics_dir, upstream_dir
 
 # Which stage produced each deployable model.
 MODEL_STAGES = {"teacher": "teacher", "student": "prune"}
@@ -45,7 +45,8 @@ def main(params_path: str = "params.yaml") -> dict:
                              "encoder_linear_sparsity": summarize(model)["encoder_linear_sparsity"]}
             print(f"[export] {name}: max |diff| {figures['max_abs_diff']:.2e}, zeros kept: {figures['zeros']['ok']}")
     return write_metrics("export", {"exporter": p["exporter"], "opset": p["opset"], "task": meta["task"],
-                                    "models": results, "wall_time_s": round(t.seconds, 2)}, threads)
+                                    "models": results, "wall_time_s": round(t.seconds, 2)}, threads,
+                         metrics_dir(params_path))
 
 
 if __name__ == "__main__":

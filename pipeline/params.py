@@ -5,6 +5,7 @@ each error names the key, the bad value and what is allowed.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class Key:
     nullable: bool = False
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
+    path: bool = False               # relative to the params file's directory
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
@@ -91,7 +93,7 @@ TRAIN = {
     "group_by_length": Key(bool),
     "threads": Key(int, lo=0),
     "seed": Key(int, lo=0),
-    "checkpoint_dir": Key(str),
+    "checkpoint_dir": Key(str, path=True),
     "checkpoint_every_steps": Key(int, lo=1),
     "progress": Key(bool),
 }
@@ -101,9 +103,9 @@ SCHEMA = {
         "model": Key(str),
         "source": Key(str, choices=("glue", "file", "hub")),
         "task": Key(str, nullable=True, check=_task),
-        "glue_dir": Key(str, nullable=True),
-        "train_file": Key(str, nullable=True),
-        "eval_file": Key(str, nullable=True),
+        "glue_dir": Key(str, nullable=True, path=True),
+        "train_file": Key(str, nullable=True, path=True),
+        "eval_file": Key(str, nullable=True, path=True),
         "text_column": Key(str, nullable=True),
         "text_pair_column": Key(str, nullable=True),
         "label_column": Key(str, nullable=True),
@@ -113,11 +115,11 @@ SCHEMA = {
         "max_train_samples": Key(int, lo=1, nullable=True),
         "max_eval_samples": Key(int, lo=1, nullable=True),
         "seed": Key(int, lo=0),
-        "out_dir": Key(str),
+        "out_dir": Key(str, path=True),
     },
-    "teacher": {"out_dir": Key(str), **TRAIN},
+    "teacher": {"out_dir": Key(str, path=True), **TRAIN},
     "prune": {
-        "out_dir": Key(str),
+        "out_dir": Key(str, path=True),
         "init": Key(str, choices=("pretrained", "teacher")),
         "student_layers": Key(list, item=int, nullable=True, check=_layers),
         "target_sparsity": Key(float, lo=0, hi=1, hi_open=True),
@@ -137,7 +139,7 @@ SCHEMA = {
         **TRAIN,
     },
     "export": {
-        "out_dir": Key(str),
+        "out_dir": Key(str, path=True),
         "models": Key(list, item=str, check=_models),
         "exporter": Key(str, choices=("optimum", "torch")),
         "opset": Key(int, lo=14, hi=21),
@@ -148,8 +150,8 @@ SCHEMA = {
         "seed": Key(int, lo=0),
     },
     "compile": {
-        "out_dir": Key(str),
-        "bundle_dir": Key(str),
+        "out_dir": Key(str, path=True),
+        "bundle_dir": Key(str, path=True),
         "models": Key(list, item=str, check=_models),
         "calibration_samples": Key(int, lo=1),
         "inference_precision": Key(str, choices=("f32", "bf16")),
@@ -160,7 +162,7 @@ SCHEMA = {
         "trt_fp16_enable": Key(bool),
         "trt_int8_enable": Key(bool),
         "trt_sparsity_enable": Key(bool),
-        "trt_engine_cache_path": Key(str),
+        "trt_engine_cache_path": Key(str, path=True),
         "threads": Key(int, lo=0),
         "seed": Key(int, lo=0),
     },
@@ -187,7 +189,7 @@ SCHEMA = {
         "seed": Key(int, lo=0),
     },
     "report": {
-        "out_dir": Key(str),
+        "out_dir": Key(str, path=True),
         "latency_shape": Key(list, item=int, check=_shape),
         "throughput_shape": Key(list, item=int, check=_shape),
     },
@@ -283,7 +285,18 @@ def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
         doc = yaml.safe_load(f) or {}
     if section not in doc:
         raise ParamsError(f"params: section {section!r} missing from {str(path)!r}")
-    return validate(section, doc[section])
+    values = validate(section, doc[section])
+    # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
+    # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
+    for name, spec in SCHEMA[section].items():
+        if spec.path and values[name] is not None:
+            values[name] = os.path.normpath(os.path.join(path.parent, values[name]))
+    return values
+
+
+def metrics_dir(params_path: str | Path = "params.yaml") -> Path:
+    """metrics/ beside the params file: metrics/<stage>.json for the repository's params.yaml."""
+    return Path(params_path).parent / "metrics"
 
 
 def upstream_dir(section: str, params_path: str | Path = "params.yaml") -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.common import Timer, atomic_dir, seed_everything, set_threads, write_json, write_metrics
-from pipeline.params import load_section, upstream_dir
+from pipeline.params import load_section, metrics_dir, upstream_dir
 from pipeline.teacher import dvclive_logger, load_inputs
 
 
@@ -145,7 +145,7 @@ def main(params_path: str = "params.yaml") -> dict:
         "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],
         "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
         "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],
-        "wall_time_s": round(t.seconds, 2)}, threads)
+        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path))
 
 
 if __name__ == "__main__":

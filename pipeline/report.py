@@ -16,8 +16,8 @@ from pathlib import Path
 
 from eval.report import (NA, TPUT, bench_cells, bench_value, build_context, plot_accuracy_vs_throughput,
                          plot_data, plot_throughput_by_backend, ratio, render_markdown, render_table, table_rows)
-from pipeline.common import METRICS_DIR, Timer, atomic_dir, read_json, write_json, write_metrics
-from pipeline.params import load_section
+from pipeline.common import Timer, atomic_dir, read_json, write_json, write_metrics
+from pipeline.params import load_section, metrics_dir
 
 INPUTS = ("teacher", "prune", "compile", "eval", "bench")  # metrics/<stage>.json, each written by that stage
 REQUIRED = {
@@ -62,15 +62,15 @@ def check_doc(stage: str, path: Path, doc) -> None:
                 raise ReportInputError(f"report: {path}: models.{name} lacks key(s) {bad}; {rerun}")
 
 
-def load_inputs(metrics_dir: Path = METRICS_DIR) -> dict:
+def load_inputs(folder: Path) -> dict:
     """stage -> its parsed metrics file; every file is checked before any rendering starts."""
-    absent = [s for s in INPUTS if not (metrics_dir / f"{s}.json").is_file()]
+    absent = [s for s in INPUTS if not (folder / f"{s}.json").is_file()]
     if absent:
         raise FileNotFoundError("report: missing " + "; ".join(
-            f"{metrics_dir / f'{s}.json'} (written by stage `{s}`: dvc repro {s})" for s in absent))
+            f"{folder / f'{s}.json'} (written by stage `{s}`: dvc repro {s})" for s in absent))
     docs = {}
     for stage in INPUTS:
-        path = metrics_dir / f"{stage}.json"
+        path = folder / f"{stage}.json"
         try:
             docs[stage] = read_json(path)
         except json.JSONDecodeError as e:
@@ -110,7 +110,7 @@ def main(params_path: str = "params.yaml") -> dict:
     p = load_section("report", params_path)
     lat, tput = p["latency_shape"], p["throughput_shape"]
     with Timer() as t:
-        docs = load_inputs()
+        docs = load_inputs(metrics_dir(params_path))
         args = [docs[s] for s in INPUTS]
         rows, ctx = table_rows(*args, lat, tput), build_context(*args, lat, tput)
         for note in ctx["notes"]:
@@ -123,7 +123,7 @@ def main(params_path: str = "params.yaml") -> dict:
         **headline(rows, docs["bench"], lat, tput),
         "flagged_backends": len(ctx["flags"]),
         "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
-        "wall_time_s": round(t.seconds, 2)})
+        "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section, upstream_dir
+from pipeline.params import load_section, metrics_dir, upstream_dir
 
 
 def dvclive_logger(stage: str, resumed: bool):
@@ -63,7 +63,8 @@ def main(params_path: str = "params.yaml") -> dict:
         "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],
         "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
         "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],
-        "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads)
+        "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
+        metrics_dir(params_path))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Bad params stop a stage before any model loads, with a message naming the key."""
 import copy
+from pathlib import Path
 import os
 
 import pytest
@@ -69,6 +70,24 @@ def test_missing_file_and_section(tmp_path):
         load_section("prune", tmp_path / "p.yaml")
 
 
-def test_repo_params_are_valid():
+@pytest.mark.parametrize("path", ["params.yaml", "profiles/mrpc/params.yaml", "profiles/sst2-throughput/params.yaml"])
+def test_repo_params_are_valid(path):
     for section in SCHEMA:
-        assert load_section(section, ROOT / "params.yaml")
+        assert load_section(section, ROOT / path)
+
+
+def test_paths_are_relative_to_the_params_file(tmp_path):
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    profile = tmp_path / "profiles" / "mrpc"
+    profile.mkdir(parents=True)
+    (profile / "params.yaml").write_text(yaml.safe_dump(doc))
+    p = load_section("prune", profile / "params.yaml")
+    assert p["out_dir"] == str(profile / "models" / "student")
+    assert load_section("data", profile / "params.yaml")["train_file"] == str(profile / "data" / "demo" / "train.tsv")
+    assert load_section("prune", ROOT / "params.yaml")["out_dir"] == str(ROOT / "models" / "student")
+
+    from pipeline.params import metrics_dir
+
+    assert metrics_dir("params.yaml") == Path("metrics") and metrics_dir(profile / "params.yaml") == profile / "metrics"
