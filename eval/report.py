@@ -97,6 +97,9 @@ def build_context(teacher, prune, compile_, eval_, bench, latency_shape, through
             "streams": sorted({r["streams"] for r in bench["results"]}),
             "baseline": bench.get("baseline") or BASELINE, "flags": flags, "crosscheck": bench.get("crosscheck", []),
             "kernels": [_kernel_line(n, c) for n, c in compile_["models"].items()],
+            "unstable": [f"{r['model']} {r['backend']} b{r['batch']}×s{r['seq_len']}: round medians "
+                         f"{', '.join(f'{m:.2f}' for m in r.get('round_p50_ms', []))} ms"
+                         for r in bench["results"] if r.get("unstable")],
             "latency_shape": list(latency_shape), "throughput_shape": list(throughput_shape), "notes": notes}
 
 
@@ -163,6 +166,11 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
                   f"> **WARNING: {len(ctx['flags'])} backend(s) drifted from their own torch-fp32 score by more "
                   f"than the tolerance ({ctx['tolerance']}). Do not ship them until this is explained.**", ">",
                   *(f"> - {f}" for f in ctx["flags"]), ""]
+    if ctx["unstable"]:
+        parts += ["## Unstable timings", "",
+                  "> These cells' timing rounds disagreed by more than 15% (noise on the machine while they ran); "
+                  "rerun `dvc repro -f bench` before reading ratios from them:", ">",
+                  *(f"> - {u}" for u in ctx["unstable"]), ""]
     parts += ["## Sparse kernel", "", *(f"- {k}" for k in ctx["kernels"]), "",
               "## benchmark_app cross-check", "", *_crosscheck(ctx), "",
               "## How to read this", "",

@@ -19,6 +19,7 @@ from pipeline.params import load_section, metrics_dir
 
 BASELINE = {"model": "teacher", "backend": "torch-fp32"}
 GAP = 0.15
+UNSTABLE = 0.15
 
 
 def grid(p: dict) -> list[tuple]:
@@ -34,6 +35,15 @@ def add_speedups(results: list[dict]) -> None:
         r["speedup_vs_baseline"] = round(r["throughput_seq_per_s"] / b, 3) if b else None
 
 
+def stability(rounds: list[list[float]]) -> dict:
+    """Median latency of each round; a cell whose rounds disagree by more than UNSTABLE is flagged."""
+    import numpy as np
+
+    medians = [float(np.median(r)) * 1000 for r in rounds]
+    spread = max(medians) / min(medians)
+    return {"round_p50_ms": [round(m, 3) for m in medians], "unstable": bool(spread > 1 + UNSTABLE)}
+
+
 def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
     from eval.backends import load
     from eval.bench import async_streams, summarize, synthetic_feed, time_loop
@@ -43,14 +53,22 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
         if streams > 1 and not backend.startswith("ov-"):
             continue
         runner = load(backend, paths, threads, streams)
-        for batch, seq in itertools.product(p["batch_sizes"], p["seq_lens"]):
-            feed = synthetic_feed(batch, seq, vocab, p["seed"])
-            if streams == 1:
-                figures = summarize(time_loop(partial(runner.run, feed), p["warmup_iters"], p["min_iters"],
-                                              p["max_seconds"]), batch)
-            else:
-                figures = async_streams(runner.compiled, feed, streams, p["warmup_iters"], p["min_iters"],
-                                        p["max_seconds"], batch)
+        shapes = list(itertools.product(p["batch_sizes"], p["seq_lens"]))
+        feeds = {s: synthetic_feed(*s, vocab, p["seed"]) for s in shapes}
+        if streams == 1:
+            # Rounds interleave the shapes, so a burst of noise on a shared machine hits one round of a
+            # cell, not the whole cell; latencies are pooled and the round medians kept to judge stability.
+            rounds = {s: [] for s in shapes}
+            for _ in range(p["rounds"]):
+                for s in shapes:
+                    rounds[s].append(time_loop(partial(runner.run, feeds[s]), p["warmup_iters"], p["min_iters"],
+                                               p["max_seconds"]))
+            cells = {s: {**summarize([x for r in rounds[s] for x in r], s[0]), **stability(rounds[s])}
+                     for s in shapes}
+        else:
+            cells = {s: async_streams(runner.compiled, feeds[s], streams, p["warmup_iters"], p["min_iters"],
+                                      p["max_seconds"] * p["rounds"], s[0]) for s in shapes}
+        for (batch, seq), figures in cells.items():
             rows.append({"model": model, **runner.info, **runner.kernels(), "batch": batch, "seq_len": seq, **figures})
             bar.update(1)
         del runner

@@ -183,6 +183,7 @@ SCHEMA = {
         "warmup_iters": Key(int, lo=0),
         "min_iters": Key(int, lo=1),
         "max_seconds": Key(float, lo=0.01),
+        "rounds": Key(int, lo=1),
         "threads": Key(int, lo=0),
         "crosscheck_shapes": Key(list, item=list),
         "crosscheck_seconds": Key(int, lo=1),

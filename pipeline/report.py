@@ -123,6 +123,7 @@ def main(params_path: str = "params.yaml") -> dict:
         **headline(rows, docs["bench"], lat, tput),
         "flagged_backends": len(ctx["flags"]),
         "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
+        "unstable_bench_cells": len(ctx["unstable"]),
         "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path))
 
 

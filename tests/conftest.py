@@ -79,7 +79,7 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                      fail_on_drift=True, threads=1),
         "bench": dict(models=["student"], backends=["torch-fp32", "ort-int8", "ov-int8", "ov-int8-dense"],
                       batch_sizes=[1, 4], seq_lens=[8, 16], streams=[1, 2], warmup_iters=1, min_iters=3,
-                      max_seconds=0.05, threads=1, crosscheck_shapes=[[1, 16]], crosscheck_seconds=1, seed=0),
+                      max_seconds=0.05, rounds=2, threads=1, crosscheck_shapes=[[1, 16]], crosscheck_seconds=1, seed=0),
         "report": dict(out_dir=str(root / "reports"), latency_shape=[1, 8], throughput_shape=[4, 16]),
     }
 

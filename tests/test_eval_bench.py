@@ -35,6 +35,14 @@ def test_drift_is_flagged():
     assert rows[3]["delta_vs_teacher"] == pytest.approx(-0.025)
 
 
+def test_stability_flags_disagreeing_rounds():
+    from pipeline.bench import stability
+
+    assert not stability([[0.010, 0.011], [0.0105, 0.0104]])["unstable"]
+    flagged = stability([[0.010, 0.010], [0.020, 0.021]])
+    assert flagged["unstable"] and flagged["round_p50_ms"] == [10.0, 20.5]
+
+
 def test_bench_rows_are_complete_and_sane(built):
     b = built[2]["bench"]
     p = built[0]["bench"]
@@ -48,6 +56,8 @@ def test_bench_rows_are_complete_and_sane(built):
     for r in b["results"]:
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
         assert r["iterations"] >= 3 and r["throughput_seq_per_s"] > 0 and r["threads"] == 1
+        if r["streams"] == 1:
+            assert len(r["round_p50_ms"]) == 2 and isinstance(r["unstable"], bool)
         assert r["provider"] and r["precision"] and r["speedup_vs_baseline"] > 0
         if r["model"] == "teacher":
             assert r["speedup_vs_baseline"] == 1.0

@@ -182,3 +182,13 @@ def test_compare_eval_files_gives_score_difference(tmp_path, capsys):
     b["results"][0]["score"] = a["results"][0]["score"] - 0.0125
     assert compare.main([write(tmp_path, "a.json", a), write(tmp_path, "b.json", b), "--strict"]) == 0
     assert table_line(capsys.readouterr().out, "teacher", "torch-fp32").endswith("| -0.0125 |")
+
+
+def test_unstable_bench_cells_are_called_out(workdir):
+    root, params = workdir
+    bench = fixture("bench")
+    bench["results"][0].update(unstable=True, round_p50_ms=[10.0, 20.0])
+    (root / "metrics" / "bench.json").write_text(json.dumps(bench))
+    m = report.main(params)
+    md = (root / "reports" / "report.md").read_text()
+    assert m["unstable_bench_cells"] == 1 and "## Unstable timings" in md and "10.00, 20.00 ms" in md
