@@ -58,33 +58,21 @@ def export(model, out_dir: Path, exporter: str, opset: int) -> Path:
     return path
 
 
-def ort_session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def feed(batch: dict, input_names) -> dict:
-    return {n: batch[n].numpy().astype(np.int64) for n in input_names}
-
-
 def parity(model, path: Path, ds, batch_sizes, examples: int, threads: int = 1) -> dict:
     """Max |logits_torch - logits_onnx| per batch size over the first `examples` dev rows."""
-    sess = ort_session(path, threads)
-    names = [i.name for i in sess.get_inputs()]
+    from deploy.ort import make_session
+    from pipeline.train import feeds
+
+    sess, _ = make_session(path, ["cpu"], threads=threads)
+    names = {i.name for i in sess.get_inputs()}
     model.eval()
     out = {}
     for bs in batch_sizes:
         worst = 0.0
-        for i in range(0, min(examples, len(ds)), bs):
-            b = ds.batch(np.arange(i, min(i + bs, examples, len(ds))))
-            b.pop("labels")
+        for b in feeds(ds, bs, examples):
             with torch.no_grad():
-                ref = model(**b).logits.numpy()
-            got = sess.run(["logits"], feed(b, names))[0]
+                ref = model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
+            got = sess.run(["logits"], {k: v for k, v in b.items() if k in names})[0]
             worst = max(worst, float(np.abs(ref - got).max()))
         out[f"b{bs}"] = worst
     return out

@@ -47,6 +47,27 @@ def check_target(achieved: float, target: float, tolerance: float) -> None:
                          f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier")
 
 
+def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
+    """After training: make N:M strict, slim structured students, measure, and check the target."""
+    from pipeline import inc, sparsity
+
+    structured = p["pattern"] == "channelx1" and p["target_sparsity"] > 0
+    nm_fixed = sparsity.enforce_n_m(student, *map(int, p["pattern"].split(":"))) if ":" in p["pattern"] else 0
+    before = sparsity.summarize(student, dense_ref)
+    if structured:
+        inc.slim(student)
+    after = sparsity.summarize(student, dense_ref)
+    if structured and after["encoder_linear_params"] >= before["encoder_linear_params"]:
+        raise PruneError("model_slim removed nothing: the structured masks were not applied")
+    # Slimmed weights are gone rather than zero, so structured students count removed weights.
+    achieved = 1 - after["encoder_remaining_weights"] if structured else after["encoder_linear_sparsity"]
+    tol = max(p["tolerance"], head_tolerance(teacher_config)) if structured else p["tolerance"]
+    if p["target_sparsity"] > 0:
+        check_target(achieved, p["target_sparsity"], tol)
+    return {"after": after, "achieved": achieved, "tolerance": tol, "structured": structured,
+            "nm_groups_fixed": nm_fixed}
+
+
 def make_loss(teacher, p: dict, regression: bool, mapping):
     from pipeline.distill import distill_loss
 
@@ -111,22 +132,12 @@ def main(params_path: str = "params.yaml") -> dict:
                      stage="prune", fp=fp, prepare=prepare,
                      eligible=lambda step: not pruners or step > pruners[0].end_step,
                      make_log=lambda resumed: dvclive_logger("prune", resumed))
-        structured = p["pattern"] == "channelx1" and p["target_sparsity"] > 0
         if pruners:
             pruners[0].detach()
-        nm_fixed = sparsity.enforce_n_m(student, *map(int, p["pattern"].split(":"))) if ":" in p["pattern"] else 0
-        before = sparsity.summarize(student, dense_ref)
-        if structured:
-            inc.slim(student)
-        after = sparsity.summarize(student, dense_ref)
-        if structured and after["encoder_linear_params"] >= before["encoder_linear_params"]:
-            raise PruneError("model_slim removed nothing: the structured masks were not applied")
+        fin = finalize(student, p, teacher.config, dense_ref)
+        after, achieved, tol, structured = fin["after"], fin["achieved"], fin["tolerance"], fin["structured"]
         scores = evaluate(student, dev, meta, p["eval_batch_size"])
         teacher_scores = evaluate(teacher, dev, meta, p["eval_batch_size"])
-        achieved = 1 - after["encoder_remaining_weights"] if structured else after["encoder_linear_sparsity"]
-        tol = max(p["tolerance"], head_tolerance(teacher.config)) if structured else p["tolerance"]
-        if p["target_sparsity"] > 0:
-            check_target(achieved, p["target_sparsity"], tol)
         with atomic_dir(p["out_dir"]) as out:
             save_model(student, load_tokenizer(str(data_dir / "tokenizer")), out, slimmed=structured)
             write_json(out / "sparsity.json", after)  # per-layer detail; metrics keep the summary
@@ -136,7 +147,7 @@ def main(params_path: str = "params.yaml") -> dict:
         **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         "teacher": teacher_scores, "target_sparsity": p["target_sparsity"], "pattern": p["pattern"],
         "achieved_sparsity": round(achieved, 6), "tolerance": tol, "slimmed": structured,
-        "nm_groups_fixed": nm_fixed,
+        "nm_groups_fixed": fin["nm_groups_fixed"],
         **{k: v for k, v in after.items() if k != "layers"},
         "layer_sparsity_min": min(v["sparsity"] for v in after["layers"].values()),
         "layer_sparsity_max": max(v["sparsity"] for v in after["layers"].values()),
