@@ -72,6 +72,35 @@ def _backends(v):
         return f"must be a non-empty list of distinct names from: {', '.join(BACKENDS)}"
 
 
+SWEEP_STAGES = ("prune", "export", "compile", "eval", "bench")  # pipeline.sweep.STAGES; a test checks they agree
+# A folder name, part of a DVC stage name, and a key `dvc exp run -S` (Hydra) accepts: no leading digit, no dot.
+POINT_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _overridable(section: str, values) -> str | None:
+    """Keys a sweep may set: the section's own, minus paths (the sweep places every output)."""
+    if not isinstance(values, dict):
+        return f"sweep overrides for {section!r} must be a mapping of key: value"
+    allowed = [k for k, spec in SCHEMA[section].items() if not spec.path]
+    if bad := sorted(set(values) - set(allowed)):
+        return f"unknown or path key(s) {bad} for section {section!r}; allowed: {', '.join(allowed)}"
+
+
+def _overrides(v):
+    if bad := sorted(set(v) - set(SWEEP_STAGES)):
+        return f"sections {bad} cannot be overridden per sweep; allowed: {', '.join(SWEEP_STAGES)}"
+    return next((e for e in (_overridable(s, x) for s, x in v.items()) if e), None)
+
+
+def _points(v):
+    if not v:
+        return "must name at least one point, e.g. unstr-10: {pattern: 1x1, target_sparsity: 0.9}"
+    if bad := [k for k in v if not isinstance(k, str) or not POINT_RE.match(k)]:
+        return (f"point names {bad} must start with a lowercase letter, then letters, digits, '_' or '-' "
+                "(they name folders and DVC stages, and `dvc exp run -S` parses them)")
+    return next((f"point {k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
+
+
 def _shape(v):
     if len(v) != 2 or any(i < 1 for i in v):
         return "must be [batch_size, sequence_length]"
@@ -193,6 +222,16 @@ SCHEMA = {
         "out_dir": Key(str, path=True),
         "latency_shape": Key(list, item=int, check=_shape),
         "throughput_shape": Key(list, item=int, check=_shape),
+    },
+    "sweep": {
+        "out_dir": Key(str, path=True),
+        "overrides": Key(dict, check=_overrides),
+        "points": Key(dict, check=_points),
+    },
+    "sweep_report": {
+        "out_dir": Key(str, path=True),
+        "backends": Key(list, item=str, check=_backends),
+        "shape": Key(list, item=int, check=_shape),
     },
 }
 

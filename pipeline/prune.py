@@ -10,6 +10,7 @@ pipeline.models.load_trained) and metrics/prune.json.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -34,17 +35,28 @@ def drop_layers(model, keep: list[int]) -> None:
     model.config.num_hidden_layers = len(keep)
 
 
-def head_tolerance(config) -> float:
-    """Half of one head's share of a layer's Linear weights: structured pruning cannot land closer."""
+def structured_tolerance(config, round_multiplier: int = 32) -> float:
+    """How far a slimmed student can land from its target: half a head (heads go whole) plus one block of
+    FFN channels (slimming rounds the kept channels up to a multiple of `round_multiplier`)."""
     h, heads, ffn = config.hidden_size, config.num_attention_heads, config.intermediate_size
-    head = 4 * h * (h // heads)
-    return head / (4 * h * h + 2 * h * ffn) / 2
+    layer = 4 * h * h + 2 * h * ffn
+    return (4 * h * (h // heads) / 2 + 2 * h * round_multiplier) / layer
 
 
-def check_target(achieved: float, target: float, tolerance: float) -> None:
+def structured_hint(student, target: float) -> str:
+    """INC rounds the number of pruned heads down from a schedule that ends at the target up to float
+    error, so 0.5 x 12 heads prunes 5 and 0.8333 x 12 prunes 9: a target a hair above k/n prunes k."""
+    heads = [layer.attention.self.num_attention_heads for layer in student.base_model.encoder.layer]
+    n = student.config.num_attention_heads
+    k = round(target * n) if abs(target * n - round(target * n)) < 0.01 else math.ceil(target * n)
+    return (f"; heads kept per layer {heads} of {n}: INC rounds the pruned head count down, so for {k} of {n} "
+            f"heads pruned set a target a hair above {k}/{n}, e.g. {k / n + 1e-4:.4f}")
+
+
+def check_target(achieved: float, target: float, tolerance: float, hint: str = "") -> None:
     if abs(achieved - target) > tolerance:
         raise PruneError(f"pruning missed prune.target_sparsity = {target}: reached {achieved:.4f} "
-                         f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier")
+                         f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier{hint}")
 
 
 def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
@@ -61,9 +73,10 @@ def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
         raise PruneError("model_slim removed nothing: the structured masks were not applied")
     # Slimmed weights are gone rather than zero, so structured students count removed weights.
     achieved = 1 - after["encoder_remaining_weights"] if structured else after["encoder_linear_sparsity"]
-    tol = max(p["tolerance"], head_tolerance(teacher_config)) if structured else p["tolerance"]
+    tol = max(p["tolerance"], structured_tolerance(teacher_config)) if structured else p["tolerance"]
     if p["target_sparsity"] > 0:
-        check_target(achieved, p["target_sparsity"], tol)
+        check_target(achieved, p["target_sparsity"], tol, structured_hint(student, p["target_sparsity"])
+                     if structured else "")
     return {"after": after, "achieved": achieved, "tolerance": tol, "structured": structured,
             "nm_groups_fixed": nm_fixed}
 
@@ -115,7 +128,8 @@ def main(params_path: str = "params.yaml") -> dict:
     if misfits:
         raise PruneError(f"prune.pattern = {p['pattern']!r} does not divide these layers' weights: "
                          f"{', '.join(misfits[:4])}{' ...' if len(misfits) > 4 else ''}; pick block sizes that do")
-    dense_ref = sparsity.summarize(teacher)["encoder_linear_params"]
+    dense = sparsity.summarize(teacher)
+    dense_ref = dense["encoder_linear_params"]
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     pruners = []
 
@@ -131,7 +145,7 @@ def main(params_path: str = "params.yaml") -> dict:
                                                              mapping),
                      stage="prune", fp=fp, prepare=prepare,
                      eligible=lambda step: not pruners or step > pruners[0].end_step,
-                     make_log=lambda resumed: dvclive_logger("prune", resumed))
+                     make_log=lambda resumed: dvclive_logger("prune", resumed, params_path))
         if pruners:
             pruners[0].detach()
         fin = finalize(student, p, teacher.config, dense_ref)
@@ -149,6 +163,7 @@ def main(params_path: str = "params.yaml") -> dict:
         "achieved_sparsity": round(achieved, 6), "tolerance": tol, "slimmed": structured,
         "nm_groups_fixed": fin["nm_groups_fixed"],
         **{k: v for k, v in after.items() if k != "layers"},
+        "model_remaining_weights": round(after["model_nonzero"] / dense["model_params"], 6),
         "layer_sparsity_min": min(v["sparsity"] for v in after["layers"].values()),
         "layer_sparsity_max": max(v["sparsity"] for v in after["layers"].values()),
         "layer_shapes": [{"heads": l.attention.self.num_attention_heads, "ffn": l.intermediate.dense.out_features}

@@ -14,11 +14,13 @@ from pipeline.common import Timer, atomic_dir, read_json, seed_everything, set_t
 from pipeline.params import load_section, metrics_dir, upstream_dir
 
 
-def dvclive_logger(stage: str, resumed: bool):
-    """Step-wise training curves for `dvc plots`; returns (log(step, dict), close())."""
+def dvclive_logger(stage: str, resumed: bool, params_path: str):
+    """Step-wise training curves for `dvc plots`, in dvclive/<stage> beside the params file (like metrics/);
+    returns (log(step, dict), close())."""
     from dvclive import Live
 
-    live = Live(dir=f"dvclive/{stage}", resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+    live = Live(dir=str(metrics_dir(params_path).parent / "dvclive" / stage), resume=resumed, save_dvc_exp=False,
+                dvcyaml=None, report=None)
 
     def log(step: int, values: dict) -> None:
         live.step = step
@@ -53,7 +55,7 @@ def main(params_path: str = "params.yaml") -> dict:
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
         result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp,
-                     make_log=lambda resumed: dvclive_logger("teacher", resumed))
+                     make_log=lambda resumed: dvclive_logger("teacher", resumed, params_path))
         with atomic_dir(p["out_dir"]) as out:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
         clear_checkpoint(p)

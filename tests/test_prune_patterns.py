@@ -73,3 +73,18 @@ def test_block_pattern_that_does_not_fit_is_named(trained):
     params["prune"].update(pattern="5x1", target_sparsity=0.8)   # hidden 64 is not a multiple of 5
     with pytest.raises(prune.PruneError, match="does not divide.*attention.self.query"):
         prune.main(write(params))
+
+
+def test_structured_tolerance_and_head_hint():
+    from types import SimpleNamespace as NS
+
+    from transformers import BertConfig
+
+    minilm = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    # half a head (49,152 / 2 weights) plus 32 FFN channels (2 x 384 x 32) of a 1,769,472-weight layer
+    assert prune.structured_tolerance(minilm) == pytest.approx((49152 / 2 + 24576) / 1769472)
+    layer = NS(attention=NS(self=NS(num_attention_heads=7)))
+    student = NS(base_model=NS(encoder=NS(layer=[layer, layer])), config=NS(num_attention_heads=12))
+    assert "heads kept per layer [7, 7] of 12" in prune.structured_hint(student, 0.5)
+    assert prune.structured_hint(student, 0.5).endswith("6/12, e.g. 0.5001")
+    assert prune.structured_hint(student, 0.8333).endswith("10/12, e.g. 0.8334")
