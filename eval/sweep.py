@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from eval.report import NA, TPUT, _pyplot, fmt
+from eval.report import NA, TPUT, _pyplot, bench_cells, bench_value, fmt
 
 TEACHER = "dense teacher"
 CATEGORIES = ("Without pruning", "Structural pruning", "Sparse pruning", "Structural + sparse")  # SparseBERT's groups
@@ -34,13 +34,6 @@ def levels(remaining: list[float], spread: float = 1.25) -> list[int]:
     return out
 
 
-def bench_cell(bench: dict | None, model: str, backend: str, shape) -> dict:
-    for r in (bench or {}).get("results", []):
-        if (r["model"], r["backend"], r["batch"], r["seq_len"], r["streams"]) == (model, backend, *shape, 1):
-            return r
-    return {}
-
-
 def point_row(name: str, docs: dict, backends: list[str], shape) -> dict:
     """One table row from a point's metrics files (sweep, prune, eval, bench)."""
     prune, evals = docs["prune"], {r["backend"]: r for r in docs["eval"]["results"] if r["model"] == "student"}
@@ -49,11 +42,11 @@ def point_row(name: str, docs: dict, backends: list[str], shape) -> dict:
            "model_remaining_weights": prune.get("model_remaining_weights", NA),
            "metrics": {m: prune[m] for m in docs["eval"]["metrics"]}, "score": prune["score"],
            "delta_score": prune["delta_score"], "wall_time_s": docs["sweep"]["wall_time_s"]}
+    cells = bench_cells(docs["bench"])
     row["backend_score"] = {b: evals[b]["score"] for b in backends if b in evals}
-    row[TPUT] = {b: bench_cell(docs["bench"], "student", b, shape).get(TPUT, NA) for b in backends}
-    row["speedup_vs_baseline"] = {b: bench_cell(docs["bench"], "student", b, shape).get("speedup_vs_baseline", NA)
-                                  for b in backends}
-    row["sparse_fc_layers"] = bench_cell(docs["bench"], "student", "ov-int8", shape).get("sparse_fc_layers", NA)
+    row[TPUT] = {b: bench_value(cells, "student", b, shape, TPUT) for b in backends}
+    row["speedup_vs_baseline"] = {b: bench_value(cells, "student", b, shape, "speedup_vs_baseline") for b in backends}
+    row["sparse_fc_layers"] = bench_value(cells, "student", "ov-int8", shape, "sparse_fc_layers")
     return row
 
 
@@ -61,11 +54,12 @@ def teacher_row(teacher: dict, metrics: list[str], bench: dict | None, eval_: di
                 shape) -> dict:
     """The dense reference at 100%; its per-backend score and speed come from the base run's eval and bench."""
     scores = {r["backend"]: r["score"] for r in (eval_ or {}).get("results", []) if r["model"] == "teacher"}
+    cells = bench_cells(bench or {"results": []})
     return {"point": "teacher", "method": TEACHER, "encoder_remaining_weights": 1.0,
             "model_remaining_weights": 1.0, "metrics": {m: teacher[m] for m in metrics}, "score": teacher["score"],
             "delta_score": 0.0, "wall_time_s": NA, "backend_score": {b: scores[b] for b in backends if b in scores},
-            TPUT: {b: bench_cell(bench, "teacher", b, shape).get(TPUT, NA) for b in backends},
-            "speedup_vs_baseline": {b: bench_cell(bench, "teacher", b, shape).get("speedup_vs_baseline", NA)
+            TPUT: {b: bench_value(cells, "teacher", b, shape, TPUT) for b in backends},
+            "speedup_vs_baseline": {b: bench_value(cells, "teacher", b, shape, "speedup_vs_baseline")
                                     for b in backends},
             "sparse_fc_layers": NA}
 
