@@ -8,15 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.common import atomic_dir, sha256_file, write_json
+from deploy.runner import CONFIG_FILE, FORMAT, LABELS_FILE, MANIFEST_FILE, MODEL_FILES, REQUIRED, TOKENIZER_FILE
+from pipeline.core.common import atomic_dir, sha256_file, write_json
 
-FORMAT = "kasp-bundle/1"
-MODEL_FILES = ("model.xml", "model.bin")
-TOKENIZER_FILE = "tokenizer.json"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "compile_config.json"
-MANIFEST_FILE = "manifest.json"
-REQUIRED = (*MODEL_FILES, TOKENIZER_FILE, LABELS_FILE, CONFIG_FILE)
 PROBLEM_TYPES = ("classification", "regression")
 
 

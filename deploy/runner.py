@@ -26,7 +26,12 @@ import openvino as ov
 from tokenizers import Tokenizer
 
 FORMAT = "kasp-bundle/1"
-REQUIRED = ("model.xml", "model.bin", "tokenizer.json", "labels.json", "compile_config.json")
+MODEL_FILES = ("model.xml", "model.bin")
+TOKENIZER_FILE = "tokenizer.json"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "compile_config.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED = (*MODEL_FILES, TOKENIZER_FILE, LABELS_FILE, CONFIG_FILE)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CLASSIFICATION = ("classification", "single_label_classification")
 

@@ -1,1 +1,2 @@
-"""kasp.eval: filled in by later stages (see README roadmap)."""
+"""Measuring and reporting: the benchmark harness, report and sweep rendering, cross-machine compare,
+and start-up measurement."""

@@ -19,6 +19,8 @@ import string
 import sys
 from pathlib import Path
 
+from eval.render import NA
+
 KEYS = {"bench": ("model", "backend", "batch", "seq_len", "streams"), "eval": ("model", "backend")}
 ROW_FIELDS = {"bench": ("precision", "inference_precision", "threads", "provider"),
               "eval": ("precision", "threads", "provider")}
@@ -26,7 +28,6 @@ HARDWARE = ("cpu", "physical_cores", "logical_cpus", "isa")
 # A backend's speed and numerics follow its own runtime's version; the other libraries' versions are
 # still listed under Flags, but do not void that backend's ratio.
 LIBRARY = {"torch": "torch", "ort": "onnxruntime", "ov": "openvino"}
-NA = "n/a"
 
 
 class CompareError(ValueError):

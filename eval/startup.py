@@ -31,7 +31,7 @@ import json, resource, time
 t0 = time.perf_counter()
 import torch
 from transformers import AutoTokenizer
-from pipeline.models import load_trained
+from pipeline.core.models import load_trained
 torch.set_num_threads({threads})
 model = load_trained({model_dir!r}).eval()
 tok = AutoTokenizer.from_pretrained({model_dir!r})

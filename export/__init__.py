@@ -1,1 +1,1 @@
-"""kasp.export: filled in by later stages (see README roadmap)."""
+"""ONNX export and its parity gate (logits and zeros against the PyTorch model on real dev batches)."""

@@ -61,7 +61,7 @@ def export(model, out_dir: Path, exporter: str, opset: int) -> Path:
 def parity(model, path: Path, ds, batch_sizes, examples: int, threads: int = 1) -> dict:
     """Max |logits_torch - logits_onnx| per batch size over the first `examples` dev rows."""
     from deploy.ort import make_session
-    from pipeline.train import feeds
+    from pipeline.core.tokens import feeds
 
     sess, _ = make_session(path, ["cpu"], threads=threads)
     names = {i.name for i in sess.get_inputs()}

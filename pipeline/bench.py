@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import gc
 import itertools
-from functools import partial
 import sys
+from functools import partial
 
-from pipeline.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section, metrics_dir
-
-BASELINE = {"model": "teacher", "backend": "torch-fp32"}
-GAP = 0.15
-UNSTABLE = 0.15
-
-
-def grid(p: dict) -> list[tuple]:
-    """(batch, seq, streams) cells; streams > 1 only exist for OpenVINO backends."""
-    return list(itertools.product(p["batch_sizes"], p["seq_lens"], p["streams"]))
-
+from pipeline.core.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
+from pipeline.core.params import load_section, metrics_dir
+from eval.harness import BASELINE, GAP
 
 def add_speedups(results: list[dict]) -> None:
     base = {(r["batch"], r["seq_len"]): r["throughput_seq_per_s"] for r in results
@@ -35,18 +26,9 @@ def add_speedups(results: list[dict]) -> None:
         r["speedup_vs_baseline"] = round(r["throughput_seq_per_s"] / b, 3) if b else None
 
 
-def stability(rounds: list[list[float]]) -> dict:
-    """Median latency of each round; a cell whose rounds disagree by more than UNSTABLE is flagged."""
-    import numpy as np
-
-    medians = [float(np.median(r)) * 1000 for r in rounds]
-    spread = max(medians) / min(medians)
-    return {"round_p50_ms": [round(m, 3) for m in medians], "unstable": bool(spread > 1 + UNSTABLE)}
-
-
 def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
-    from eval.backends import load
-    from eval.bench import async_streams, summarize, synthetic_feed, time_loop
+    from deploy.backends import load
+    from eval.harness import async_streams, stability, summarize, synthetic_feed, time_loop
 
     rows = []
     for streams in sorted(set(p["streams"])):
@@ -78,8 +60,8 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
 
 def crosscheck(results: list[dict], p: dict, threads: int, paths) -> list[dict]:
     from deploy import openvino as dov
-    from eval.bench import benchmark_app
-    from pipeline.common import read_json
+    from eval.harness import benchmark_app
+    from pipeline.core.common import read_json
 
     out = []
     config = read_json(paths.compiled_dir / "compile_config.json")
@@ -109,8 +91,8 @@ def main(params_path: str = "params.yaml") -> dict:
     threads = set_threads(p["threads"])
     from tqdm.auto import tqdm
 
-    from eval.backends import model_paths
-    from pipeline.models import read_config
+    from deploy.backends import model_paths
+    from pipeline.core.models import read_config
 
     # The baseline is always timed in this run, even when its model is not in bench.models.
     plan = [(m, p["backends"] if m in p["models"] else [BASELINE["backend"]])

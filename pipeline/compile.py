@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import Timer, atomic_dir, cpu_info, seed_everything, set_threads, write_json, write_metrics
-from pipeline.params import load_section, metrics_dir, upstream_dir
+from pipeline.core.common import Timer, atomic_dir, cpu_info, seed_everything, set_threads, write_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir, upstream_dir
 
 
 def disk_size(path: Path) -> dict:
@@ -44,11 +44,11 @@ def trt_options(p: dict) -> dict:
             "trt_engine_cache_path": p["trt_engine_cache_path"]}
 
 
-def compile_one(name: str, onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dict, threads: int) -> dict:
+def compile_one(onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dict, threads: int) -> dict:
     from deploy import openvino as dov
     from deploy.ort import make_session, quantize_dynamic_int8
-    from pipeline.tasks import compute_metrics
-    from pipeline.train import feeds
+    from pipeline.core.tasks import compute_metrics
+    from pipeline.core.tokens import feeds
 
     out.mkdir()
     fp32 = dov.convert(onnx_path)
@@ -94,8 +94,7 @@ def main(params_path: str = "params.yaml") -> dict:
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from deploy.bundle import write_bundle
-    from pipeline.teacher import load_inputs
-    from pipeline.train import feeds
+    from pipeline.core.tokens import feeds, load_inputs
 
     meta, train, dev = load_inputs(data_dir)
     calib = feeds(train, 1, p["calibration_samples"])  # batch 1: NNCF's subset_size counts items
@@ -103,7 +102,7 @@ def main(params_path: str = "params.yaml") -> dict:
     with Timer() as t:
         with atomic_dir(p["out_dir"]) as out:
             for name in p["models"]:
-                results[name] = compile_one(name, onnx_dir / name / "model.onnx", out / name, p, calib, dev, meta,
+                results[name] = compile_one(onnx_dir / name / "model.onnx", out / name, p, calib, dev, meta,
                                             threads)
                 print(f"[compile] {name}: {results[name]['sparse_fc_layers']}/{results[name]['fc_layers']} FC layers "
                       f"on the sparse kernel; INT8 IR dev {results[name]['int8_ir_dev']}")

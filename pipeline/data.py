@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import Timer, atomic_dir, seed_everything, write_json, write_metrics
-from pipeline.params import load_section, metrics_dir
-from pipeline.tasks import GLUE, HUB_DEV_SPLIT, normalize_task
+from pipeline.core.common import Timer, atomic_dir, seed_everything, write_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir
+from pipeline.core.tasks import GLUE, HUB_DEV_SPLIT, normalize_task
 
 csv.field_size_limit(sys.maxsize)
 Row = tuple  # (text, text_pair or None, label string)
@@ -162,7 +162,7 @@ def main(params_path: str = "params.yaml") -> dict:
     seed_everything(p["seed"])
     from safetensors.numpy import save_file
 
-    from pipeline.models import load_tokenizer, resolve_model, weights_sha256
+    from pipeline.core.models import load_tokenizer, resolve_model, weights_sha256
 
     with Timer() as t:
         model_path = resolve_model(p["model"])

@@ -2,7 +2,7 @@
 
     python -m pipeline.eval            # reads the `eval` section of params.yaml
 
-One metric code path (pipeline.tasks.compute_metrics) for all backends. A backend whose score
+One metric code path (pipeline.core.tasks.compute_metrics) for all backends. A backend whose score
 differs from the PyTorch FP32 score of the same model by more than eval.tolerance is flagged,
 and fails the stage when eval.fail_on_drift is true. Output: metrics/eval.json.
 """
@@ -13,8 +13,8 @@ import sys
 
 import numpy as np
 
-from pipeline.common import Timer, set_threads, write_metrics
-from pipeline.params import load_section, metrics_dir, upstream_dir
+from pipeline.core.common import Timer, set_threads, write_metrics
+from pipeline.core.params import load_section, metrics_dir, upstream_dir
 
 REFERENCE = "torch-fp32"
 
@@ -41,13 +41,12 @@ def drift_flags(results: list[dict], tolerance: float) -> list[str]:
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("eval", params_path)
     if REFERENCE not in p["backends"]:
-        raise ValueError(f"eval.backends must include {REFERENCE!r}: every backend is judged against it")
+        raise ValueError(f"deploy.backends must include {REFERENCE!r}: every backend is judged against it")
     data_dir = upstream_dir("data", params_path)
     threads = set_threads(p["threads"])
-    from eval.backends import load, model_paths
-    from pipeline.tasks import compute_metrics
-    from pipeline.teacher import load_inputs
-    from pipeline.train import feeds
+    from deploy.backends import load, model_paths
+    from pipeline.core.tasks import compute_metrics
+    from pipeline.core.tokens import feeds, load_inputs
 
     meta, _, dev = load_inputs(data_dir)
     batches = feeds(dev, p["batch_size"])

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section, metrics_dir, upstream_dir
-
-# Which stage produced each deployable model.
-MODEL_STAGES = {"teacher": "teacher", "student": "prune"}
-
-
-def model_dirs(models: list[str], params_path: str) -> dict:
-    return {name: upstream_dir(MODEL_STAGES[name], params_path) for name in models}
-
+from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
+from pipeline.core.models import MODEL_STAGES
+from pipeline.core.params import load_section, metrics_dir, upstream_dir
 
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("export", params_path)
-    sources = model_dirs(p["models"], params_path)
+    sources = {name: upstream_dir(MODEL_STAGES[name], params_path) for name in p["models"]}
     data_dir = upstream_dir("data", params_path)
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from export.onnx import export, gate
-    from pipeline.models import load_trained
-    from pipeline.sparsity import summarize
-    from pipeline.teacher import load_inputs
+    from pipeline.core.models import load_trained
+    from pipeline.training.sparsity import summarize
+    from pipeline.core.tokens import load_inputs
 
     meta, _, dev = load_inputs(data_dir)
     results = {}

@@ -6,7 +6,7 @@ Inputs: metrics/{teacher,prune,compile,eval,bench}.json. Output (report.out_dir,
 report.md (what ran and where, the accuracy / size / latency / throughput / speedup table, drift
 flags, sparse-kernel coverage, the benchmark_app cross-check), accuracy_vs_throughput.png,
 throughput.png, and plots/{accuracy_vs_throughput,throughput}.json for `dvc plots`;
-metrics/report.json with the headline ratios. Rendering lives in eval/report.py.
+metrics/report.json with the headline ratios. Rendering lives in eval/render.py.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from eval.report import (NA, TPUT, bench_cells, bench_value, build_context, plot_accuracy_vs_throughput,
+from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, plot_accuracy_vs_throughput,
                          plot_data, plot_throughput_by_backend, ratio, render_markdown, render_table, table_rows)
-from pipeline.common import Timer, atomic_dir, read_json, write_json, write_metrics
-from pipeline.params import load_section, metrics_dir
+from pipeline.core.common import Timer, atomic_dir, read_json, write_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir
 
 INPUTS = ("teacher", "prune", "compile", "eval", "bench")  # metrics/<stage>.json, each written by that stage
 REQUIRED = {

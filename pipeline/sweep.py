@@ -26,10 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.common import read_json, write_metrics
-from pipeline.params import SCHEMA, ParamsError, load_section, validate
+from pipeline.core.common import read_json, write_metrics
+from pipeline.core.params import ParamsError, load_section, validate
+from pipeline.core.schema import SCHEMA, SWEEP_STAGES as STAGES
 
-STAGES = ("prune", "export", "compile", "eval", "bench")
 SHARED = ("data", "teacher")  # read from the base run, never recomputed by a point
 
 

@@ -8,7 +8,7 @@ dense teacher's score per backend and its speed. Output (sweep_report.out_dir): 
 (SparseBERT's table plus the winner per level), accuracy_vs_remaining.png,
 throughput_vs_remaining.png, plots/*.json for `dvc plots`, and history.jsonl, one line per report,
 which is how a report knows which points this run recomputed.
-Rendering lives in eval/sweep.py.
+Rendering lives in eval/sweep_render.py.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from eval.report import TPUT
-from eval.sweep import (front, plot_accuracy, plot_data, plot_throughput, point_row, render, table_order, teacher_row,
+from eval.render import TPUT
+from eval.sweep_render import (front, plot_accuracy, plot_data, plot_throughput, point_row, render, table_order, teacher_row,
                         winners)
-from pipeline.common import Timer, atomic_dir, read_json, write_json, write_metrics
-from pipeline.params import load_section, metrics_dir
+from pipeline.core.common import Timer, atomic_dir, read_json, write_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir
 
 POINT_FILES = ("sweep", "prune", "eval", "bench")
 

@@ -8,34 +8,9 @@ dev-score epoch; metrics/teacher.json; training curves in dvclive/teacher.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from pipeline.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_metrics
-from pipeline.params import load_section, metrics_dir, upstream_dir
-
-
-def dvclive_logger(stage: str, resumed: bool, params_path: str):
-    """Step-wise training curves for `dvc plots`, in dvclive/<stage> beside the params file (like metrics/);
-    returns (log(step, dict), close())."""
-    from dvclive import Live
-
-    live = Live(dir=str(metrics_dir(params_path).parent / "dvclive" / stage), resume=resumed, save_dvc_exp=False,
-                dvcyaml=None, report=None)
-
-    def log(step: int, values: dict) -> None:
-        live.step = step
-        for k, v in values.items():
-            live.log_metric(k, v)
-
-    return log, live.end
-
-
-def load_inputs(data_dir: Path):
-    from pipeline.train import Tokens
-
-    meta = read_json(data_dir / "meta.json")
-    pad = meta["pad_token_id"]
-    return meta, Tokens(data_dir / "train.safetensors", pad), Tokens(data_dir / "eval.safetensors", pad)
+from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
+from pipeline.core.params import load_section, metrics_dir, upstream_dir
 
 
 def task_loss(model, batch):
@@ -47,15 +22,17 @@ def main(params_path: str = "params.yaml") -> dict:
     data_dir = upstream_dir("data", params_path)
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
-    from pipeline.models import load_classifier, load_tokenizer, resolve_model, save_model
-    from pipeline.train import clear_checkpoint, fit, run_fingerprint
+    from pipeline.core.models import load_classifier, load_tokenizer, resolve_model, save_model
+    from pipeline.core.tokens import load_inputs
+    from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
+    from pipeline.training.loop import fit
 
     meta, train, dev = load_inputs(data_dir)
     model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
         result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp,
-                     make_log=lambda resumed: dvclive_logger("teacher", resumed, params_path))
+                     log_root=metrics_dir(params_path).parent)
         with atomic_dir(p["out_dir"]) as out:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
         clear_checkpoint(p)

@@ -79,7 +79,7 @@ def tampered(src: Path, dst: Path, edit) -> Path:
 # --- writer ---------------------------------------------------------------------------------------------------
 
 def test_manifest_lists_every_file_with_its_hash(built):
-    from pipeline.common import sha256_file
+    from pipeline.core.common import sha256_file
 
     root = built[2]
     manifest = json.loads((root / "manifest.json").read_text())
@@ -154,7 +154,7 @@ def test_softmax_is_stable():
 
 def rewritten(src: Path, dst: Path, name: str, obj) -> Path:
     """A copy of the bundle with one file replaced and its manifest hash updated: valid, just different."""
-    from pipeline.common import sha256_file
+    from pipeline.core.common import sha256_file
 
     root = tampered(src, dst, lambda d: (d / name).write_text(json.dumps(obj)))
     manifest = json.loads((root / "manifest.json").read_text())

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline import data
 from pipeline.data import DataError, encode_labels, pick_columns, read_table
-from pipeline.train import Tokens, length_grouped_batches
+from pipeline.core.tokens import Tokens
+from pipeline.training.loop import length_grouped_batches
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 MRPC_ROWS = ['1\t1\t2\t"Officials at Brandeis said .\tThey said so .\n',

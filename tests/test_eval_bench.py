@@ -1,10 +1,10 @@
 """Eval and bench on the tiny pipeline: every backend judged, every bench field present and sane."""
 import pytest
 
-from eval.backends import BACKENDS as LOADERS
-from pipeline.common import cpu_info
+from deploy.backends import BACKENDS as LOADERS
+from pipeline.core.common import cpu_info
 from pipeline.eval import drift_flags
-from pipeline.params import BACKENDS
+from pipeline.core.schema import BACKENDS
 
 
 def test_backend_names_match_the_schema():

@@ -10,9 +10,9 @@ from deploy import openvino as dov
 from deploy.ort import ProviderError, make_session
 from export.onnx import ParityError, gate
 from pipeline import export
-from pipeline.common import cpu_info
-from pipeline.models import load_trained
-from pipeline.train import Tokens, feeds
+from pipeline.core.common import cpu_info
+from pipeline.core.models import load_trained
+from pipeline.core.tokens import Tokens, feeds
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pipeline import models
-from pipeline.distill import hidden_loss, kd_loss, layer_map
+from pipeline.core import models
+from pipeline.training.distill import hidden_loss, kd_loss, layer_map
 
 
 def test_bundled_minilm_resolves_and_is_checked(monkeypatch):

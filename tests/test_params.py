@@ -7,7 +7,8 @@ import pytest
 
 from pipeline import data, prune, teacher
 from tests.conftest import ROOT
-from pipeline.params import SCHEMA, ParamsError, load_section, validate
+from pipeline.core.params import ParamsError, load_section, validate
+from pipeline.core.schema import SCHEMA
 
 BAD = [
     ("prune", "target_sparsity", 1.0, "prune.target_sparsity"),
@@ -92,6 +93,6 @@ def test_paths_are_relative_to_the_params_file(tmp_path):
     assert load_section("data", profile / "params.yaml")["train_file"] == str(profile / "data" / "demo" / "train.tsv")
     assert load_section("prune", ROOT / "params.yaml")["out_dir"] == str(ROOT / "models" / "student")
 
-    from pipeline.params import metrics_dir
+    from pipeline.core.params import metrics_dir
 
     assert metrics_dir("params.yaml") == Path("metrics") and metrics_dir(profile / "params.yaml") == profile / "metrics"

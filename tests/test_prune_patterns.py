@@ -3,9 +3,11 @@ import pytest
 import torch
 
 from pipeline import data, prune, teacher
-from pipeline.models import load_trained
-from pipeline.sparsity import summarize
-from pipeline.train import Tokens, predict
+from pipeline.core.models import load_trained
+from pipeline.training.sparsity import summarize
+from pipeline.core.tokens import Tokens
+from pipeline.training import student as st
+from pipeline.training.loop import predict
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_missed_target_fails_and_keeps_nothing(trained):
     params, write = trained
     # 1x1 at "0.9" leaves a fraction of a weight per matrix over: a zero tolerance must fail
     params["prune"].update(tolerance=0.0, target_sparsity=0.9, epochs=1)
-    with pytest.raises(prune.PruneError, match="missed prune.target_sparsity"):
+    with pytest.raises(st.PruneError, match="missed prune.target_sparsity"):
         prune.main(write(params))
     assert not __import__("os").path.exists(params["prune"]["out_dir"])
 
@@ -71,7 +73,7 @@ def test_missed_target_fails_and_keeps_nothing(trained):
 def test_block_pattern_that_does_not_fit_is_named(trained):
     params, write = trained
     params["prune"].update(pattern="5x1", target_sparsity=0.8)   # hidden 64 is not a multiple of 5
-    with pytest.raises(prune.PruneError, match="does not divide.*attention.self.query"):
+    with pytest.raises(st.PruneError, match="does not divide.*attention.self.query"):
         prune.main(write(params))
 
 
@@ -82,9 +84,9 @@ def test_structured_tolerance_and_head_hint():
 
     minilm = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
     # half a head (49,152 / 2 weights) plus 32 FFN channels (2 x 384 x 32) of a 1,769,472-weight layer
-    assert prune.structured_tolerance(minilm) == pytest.approx((49152 / 2 + 24576) / 1769472)
+    assert st.structured_tolerance(minilm) == pytest.approx((49152 / 2 + 24576) / 1769472)
     layer = NS(attention=NS(self=NS(num_attention_heads=7)))
     student = NS(base_model=NS(encoder=NS(layer=[layer, layer])), config=NS(num_attention_heads=12))
-    assert "heads kept per layer [7, 7] of 12" in prune.structured_hint(student, 0.5)
-    assert prune.structured_hint(student, 0.5).endswith("6/12, e.g. 0.5001")
-    assert prune.structured_hint(student, 0.8333).endswith("10/12, e.g. 0.8334")
+    assert "heads kept per layer [7, 7] of 12" in st.structured_hint(student, 0.5)
+    assert st.structured_hint(student, 0.5).endswith("6/12, e.g. 0.5001")
+    assert st.structured_hint(student, 0.8333).endswith("10/12, e.g. 0.8334")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from eval import compare
-from eval.report import NA, table_rows
+from eval.render import NA, table_rows
 from pipeline import report
 from pipeline.report import ReportInputError
 

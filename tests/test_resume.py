@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from pipeline import data, prune, teacher
-from pipeline.models import load_trained
+from pipeline.core.models import load_trained
 from tests.conftest import ROOT
 
 

@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-from pipeline.models import load_trained
-from pipeline.sparsity import summarize
+from pipeline.core.models import load_trained
+from pipeline.training.sparsity import summarize
 
 
 def test_every_stage_runs_and_writes_metrics(built):

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from pipeline.tasks import GLUE, compute_metrics, mcc, normalize_task, spearman
+from pipeline.core.tasks import GLUE, compute_metrics, mcc, normalize_task, spearman
 
 RNG = np.random.default_rng(7)
 PRED = RNG.integers(0, 3, 200)

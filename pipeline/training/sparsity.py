@@ -38,13 +38,6 @@ def summarize(model, dense_encoder_weights: int | None = None) -> dict:
             "layers": layers}
 
 
-def group_sparsity(layers: dict, names) -> float:
-    """Zero fraction over a set of layers (one pruner's modules)."""
-    chosen = [layers[n] for n in names if n in layers]
-    numel = sum(v["numel"] for v in chosen)
-    return sum(v["zeros"] for v in chosen) / numel if numel else 0.0
-
-
 def pattern_misfits(model, pattern: str) -> list[str]:
     """Encoder Linear layers whose shape a block pattern does not divide. INC skips such layers with
     only a warning, so the stage checks first and names them."""

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.common import read_json
+from pipeline.core.common import read_json
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ModelPaths:
 def _torch_fp32(paths: ModelPaths, threads: int, streams: int) -> Runner:
     import torch
 
-    from pipeline.models import load_trained
+    from pipeline.core.models import load_trained
 
     torch.set_num_threads(threads)
     model = load_trained(paths.torch_dir).eval()
@@ -123,8 +123,8 @@ def load(backend: str, paths: ModelPaths, threads: int, streams: int = 1) -> Run
 
 def model_paths(model: str, params_path: str) -> ModelPaths:
     """Where a deployable model's artifacts live, from the stages that wrote them."""
-    from pipeline.export import MODEL_STAGES
-    from pipeline.params import upstream_dir
+    from pipeline.core.models import MODEL_STAGES
+    from pipeline.core.params import upstream_dir
 
     return ModelPaths(upstream_dir(MODEL_STAGES[model], params_path),
                       upstream_dir("export", params_path) / model / "model.onnx",

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+BASELINE = {"model": "teacher", "backend": "torch-fp32"}  # every speed is also a ratio to this
+GAP = 0.15       # benchmark_app vs our harness: a larger relative gap is reported
+UNSTABLE = 0.15  # timing rounds of one cell that disagree by more are flagged
+
 
 def synthetic_feed(batch: int, seq: int, vocab: int, seed: int) -> dict:
     """Exactly `seq` real tokens per row (no padding), so every backend sees the same work."""
@@ -89,3 +93,10 @@ def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, s
     median = re.search(r"Median:\s*([\d.]+)\s*ms", proc.stdout)
     return {"fps": float(fps.group(1)), "seq_per_s": round(float(fps.group(1)) * batch, 2),
             "latency_ms_median": float(median.group(1)) if median else None, "command": " ".join(cmd[1:])}
+
+
+def stability(rounds: list[list[float]]) -> dict:
+    """Median latency of each round; a cell whose rounds disagree by more than UNSTABLE is flagged."""
+    medians = [float(np.median(r)) * 1000 for r in rounds]
+    spread = max(medians) / min(medians)
+    return {"round_p50_ms": [round(m, 3) for m in medians], "unstable": bool(spread > 1 + UNSTABLE)}

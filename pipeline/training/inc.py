@@ -55,15 +55,7 @@ class Pruner:
         self.pruning = prepare_pruning(model, WeightPruningConfig(configs), optimizer=optimizer)
         torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide
         self.pruning.on_train_begin()
-        self.start_step, self.end_step = step_range(p, total_steps)
-
-    def modules(self) -> list[list[str]]:
-        """Names of the Linear layers each INC pruner owns."""
-        out = []
-        for pr in self.pruning.pruners:
-            mods = getattr(pr, "modules", None) or getattr(pr, "linear_layers", None) or {}
-            out.append(sorted(mods))
-        return out
+        self.end_step = step_range(p, total_steps)[1]
 
     def state_dict(self) -> dict:
         state = []

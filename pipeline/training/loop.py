@@ -1,0 +1,194 @@
+"""The training loop shared by `teacher` and `prune`: length-grouped batches, per-epoch dev
+evaluation, best-epoch keeping, resumable checkpoints (pipeline.training.checkpoint) and training
+curves for `dvc plots` (dvclive)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.core.tasks import compute_metrics
+from pipeline.core.tokens import Tokens
+from pipeline.training.checkpoint import NoExtra, load_checkpoint, save_checkpoint
+
+BEST = "best.safetensors"
+
+
+def length_grouped_batches(lengths, batch_size: int, seed: int, group: bool = True, mega: int = 50) -> list:
+    """Shuffle, then sort within windows of `mega` batches so each batch holds similar lengths.
+
+    Batch order is shuffled again, so training still sees lengths in random order; the longest
+    batch goes first so an out-of-memory shows up at step one, not mid-epoch.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if group:
+        win = batch_size * mega
+        order = np.concatenate([sorted(order[i:i + win], key=lambda j: -lengths[j])
+                                for i in range(0, len(order), win)]) if len(order) else order
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if group and len(batches) > 1:
+        first = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
+        rest = [batches[b] for b in rng.permutation(len(batches)) if b != first]
+        batches = [batches[first]] + rest
+    return batches
+
+
+@torch.no_grad()
+def predict(model, ds: Tokens, batch_size: int) -> np.ndarray:
+    """Logits in dataset order; rows are batched by length so padding stays small."""
+    model.eval()
+    order = np.argsort(-ds.lengths, kind="stable")
+    out = np.zeros((len(ds), model.config.num_labels), np.float32)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        b = ds.batch(idx)
+        b.pop("labels")
+        out[idx] = model(**b).logits.float().numpy()
+    return out
+
+
+def evaluate(model, ds: Tokens, meta: dict, batch_size: int) -> dict:
+    logits = predict(model, ds, batch_size)
+    return compute_metrics(logits, ds.labels, meta["metrics"], meta["problem_type"])
+
+
+def make_optimizer(model, p: dict, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)  # biases and LayerNorm: no decay
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=p["learning_rate"])
+    sched = get_linear_schedule_with_warmup(opt, int(p["warmup_ratio"] * total_steps), total_steps)
+    return opt, sched
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the model, optimizer, scheduler and extra state."""
+    step: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    timing: dict = field(default_factory=lambda: {"train_s": 0.0, "samples": 0, "tokens": 0, "padded_tokens": 0})
+
+
+def dvclive_logger(stage: str, resumed: bool, root: Path):
+    """Step-wise training curves in root/dvclive/<stage> (beside metrics/); returns (log(step, dict), close())."""
+    from dvclive import Live
+
+    live = Live(dir=str(Path(root) / "dvclive" / stage), resume=resumed, save_dvc_exp=False, dvcyaml=None,
+                report=None)
+
+    def log(step: int, values: dict) -> None:
+        live.step = step
+        for k, v in values.items():
+            live.log_metric(k, v)
+
+    return log, live.end
+
+
+def _restore(state: dict | None, model, opt, sched, extra) -> Progress:
+    if not state:
+        return Progress()
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    extra.load_state_dict(state["extra"])
+    torch.set_rng_state(state["rng"])
+    return Progress(state["step"], state["history"], state["best"], state["timing"])
+
+
+def _train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict):
+    t0 = time.perf_counter()
+    b = train.batch(idx)
+    loss, parts = loss_fn(model, b)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    timing["train_s"] += time.perf_counter() - t0
+    timing["samples"] += len(idx)
+    timing["tokens"] += int(b["attention_mask"].sum())
+    timing["padded_tokens"] += b["input_ids"].numel()
+    return loss.item(), parts
+
+
+def _keep_best(model, pr: Progress, scores: dict, epoch: int, ckpt_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    if pr.best is None or scores["score"] > pr.best["score"]:
+        pr.best = {"epoch": epoch + 1, "step": pr.step, **scores}
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt_dir / BEST))
+
+
+def _summary(pr: Progress, total: int, resumed_from: int, extra) -> dict:
+    tm, tt = pr.timing, max(pr.timing["train_s"], 1e-9)
+    return {"history": pr.history, "best": pr.best, "steps": total, "resumed_from_step": resumed_from,
+            "train_time_s": round(tm["train_s"], 2), "train_samples_per_s": round(tm["samples"] / tt, 2),
+            "train_tokens_per_s": round(tm["tokens"] / tt, 1),
+            "padding_efficiency": round(tm["tokens"] / max(tm["padded_tokens"], 1), 4), "extra": extra}
+
+
+def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stage: str, fp: str,
+        prepare=None, eligible=lambda step: True, log_root: Path | None = None) -> dict:
+    """Train with `loss_fn(model, batch) -> (loss, parts)`; returns history, timing and best metrics.
+
+    `prepare(optimizer, total_steps)` may wrap the optimizer (pruning) and returns the extra-state
+    object; `eligible(step)` says whether a model at `step` may become the kept "best" one;
+    `log_root` is where dvclive/<stage> goes (None: no curves).
+    """
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    ckpt_dir = Path(p["checkpoint_dir"])
+    per_epoch = math.ceil(len(train) / p["batch_size"])
+    total = per_epoch * p["epochs"]
+    opt, sched = make_optimizer(model, p, total)
+    extra = prepare(opt, total) if prepare else NoExtra()
+    state = load_checkpoint(ckpt_dir, fp)
+    pr = _restore(state, model, opt, sched, extra)
+    resumed_from = pr.step
+    if state:
+        print(f"[{stage}] resuming from step {pr.step}/{total}")
+    log, close_log = dvclive_logger(stage, state is not None, log_root) if log_root else (None, lambda: None)
+
+    def checkpoint():
+        save_checkpoint(ckpt_dir, {"fingerprint": fp, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "extra": extra.state_dict(), "step": pr.step,
+                                   "rng": torch.get_rng_state(), "history": pr.history, "best": pr.best,
+                                   "timing": pr.timing})
+
+    bar = tqdm(total=total, initial=pr.step, desc=stage, disable=not p["progress"], mininterval=2)
+    for epoch in range(pr.step // per_epoch, p["epochs"]):
+        batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"] + epoch, p["group_by_length"])
+        model.train()
+        for idx in batches[pr.step - epoch * per_epoch:]:
+            loss, parts = _train_step(model, train, idx, loss_fn, opt, sched, p["max_grad_norm"], pr.timing)
+            pr.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if log and pr.step % 10 == 0:
+                log(pr.step, {"train/loss": loss, **{f"train/{k}": v for k, v in parts.items()}})
+            if pr.step % p["checkpoint_every_steps"] == 0 and pr.step % per_epoch:
+                checkpoint()
+        scores = evaluate(model, dev, meta, p["eval_batch_size"])
+        pr.history.append({"epoch": epoch + 1, "step": pr.step, **scores})
+        if log:
+            log(pr.step, {f"eval/{k}": v for k, v in scores.items()})
+        if eligible(pr.step):
+            _keep_best(model, pr, scores, epoch, ckpt_dir)
+        checkpoint()
+    bar.close()
+    close_log()
+    if pr.best is not None:
+        model.load_state_dict(load_file(str(ckpt_dir / BEST)))
+    return _summary(pr, total, resumed_from, extra)
