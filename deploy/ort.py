@@ -23,18 +23,29 @@ def provider_list(names: list[str], trt: dict | None = None) -> list:
     return [(PROVIDERS[n], trt or {}) if n == "tensorrt" else PROVIDERS[n] for n in names]
 
 
+def check_available(names: list[str], *, allow_fallback: bool, key: str | None = None) -> list[str]:
+    """This onnxruntime build's providers, after failing when one asked for (under params key `key`)
+    is not among them: cheap (no session, no model), so a stage can call it before any other work."""
+    import onnxruntime as ort
+
+    provider_list(names)  # unknown short names fail here, with the allowed ones
+    available = ort.get_available_providers()
+    missing = [PROVIDERS[n] for n in names if PROVIDERS[n] not in available]
+    if missing and not allow_fallback:
+        where = f"{key}: " if key else ""
+        raise ProviderError(f"{where}onnxruntime provider(s) {missing} not available here (available: {available}); "
+                            f"install onnxruntime-gpu (requirements/gpu.txt) on a GPU machine, or set "
+                            f"allow_fallback: true to run on what is available")
+    return available
+
+
 def make_session(path: Path, names: list[str], *, allow_fallback: bool = False, threads: int = 1,
                  trt: dict | None = None):
     """A session on exactly the providers asked for; returns (session, info about what ran)."""
     import onnxruntime as ort
 
+    available = check_available(names, allow_fallback=allow_fallback)
     wanted = [PROVIDERS[n] for n in names]
-    available = ort.get_available_providers()
-    missing = [w for w in wanted if w not in available]
-    if missing and not allow_fallback:
-        raise ProviderError(f"onnxruntime provider(s) {missing} not available here (available: {available}); "
-                            f"install onnxruntime-gpu (requirements/gpu.txt) on a GPU machine, or set "
-                            f"allow_fallback: true to run on what is available")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     # Several sessions in one process starve each other through spinning worker threads.

@@ -44,6 +44,9 @@ def _kind(path, rows: list) -> str:
 
 def load(path) -> dict:
     """One file as {path, kind, rows: key -> row, hardware, versions, task, metrics}."""
+    details = Path(path).parent / "details" / Path(path).name  # metrics/<stage>.json holds only headlines
+    if not Path(path).parent.name == "details" and details.is_file():
+        path = details
     try:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

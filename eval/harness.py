@@ -77,7 +77,11 @@ def async_streams(compiled, feed: dict, streams: int, warmup: int, min_iters: in
 
 def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, seconds: int) -> dict:
     """OpenVINO's benchmark_app, sync API, one stream, same properties and the same dynamic-shape IR
-    (-data_shape, not -shape, which would reshape it static). Its FPS counts inferences (batches)."""
+    (-data_shape, not -shape, which would reshape it static). Its FPS counts inferences (batches).
+
+    Never raises: a missing binary, a crash, a timeout or output without a throughput comes back as
+    {"error": why, "command": ...}, which bench records in its crosscheck rows and the report shows;
+    a cross-check must not cost the timings it checks."""
     shape = ",".join(f"{n}[{batch},{seq}]" for n in ("input_ids", "attention_mask", "token_type_ids"))
     props = {k: v for k, v in config.items() if k not in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -85,18 +89,37 @@ def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, s
     exe = Path(sys.executable).with_name("benchmark_app")
     cmd = [str(exe), "-m", str(xml), "-d", "CPU", "-api", "sync", "-hint", "none", "-nstreams", "1",
            "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape, "-load_config", f.name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
-    Path(f.name).unlink()
+    failed = {"command": " ".join(cmd[1:])}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    except FileNotFoundError:
+        return {"error": f"benchmark_app not found at {exe} (it comes with the openvino package)", **failed}
+    except OSError as e:
+        return {"error": f"benchmark_app at {exe} could not start: {e}", **failed}
+    except subprocess.TimeoutExpired:
+        return {"error": f"benchmark_app ran past {seconds + 120} s and was stopped", **failed}
+    finally:
+        Path(f.name).unlink()
     fps = re.search(r"Throughput:\s*([\d.]+)\s*FPS", proc.stdout)
     if proc.returncode or not fps:
-        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["benchmark_app failed"]}
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"benchmark_app exited {proc.returncode} without a throughput: {last[0]}", **failed}
     median = re.search(r"Median:\s*([\d.]+)\s*ms", proc.stdout)
     return {"fps": float(fps.group(1)), "seq_per_s": round(float(fps.group(1)) * batch, 2),
             "latency_ms_median": float(median.group(1)) if median else None, "command": " ".join(cmd[1:])}
 
 
+def settled(latencies: list[float]) -> bool:
+    """A round whose middle half lies within UNSTABLE of its median needs no repeat: a burst of noise
+    on the machine would have widened it."""
+    q1, med, q3 = np.percentile(latencies, [25, 50, 75])
+    return bool((q3 - q1) / med <= UNSTABLE)
+
+
 def stability(rounds: list[list[float]]) -> dict:
-    """Median latency of each round; a cell whose rounds disagree by more than UNSTABLE is flagged."""
+    """Median latency of each round run; a cell is flagged when its rounds disagree by more than
+    UNSTABLE, or when it had one round only and that round was not settled."""
     medians = [float(np.median(r)) * 1000 for r in rounds]
     spread = max(medians) / min(medians)
-    return {"round_p50_ms": [round(m, 3) for m in medians], "unstable": bool(spread > 1 + UNSTABLE)}
+    unstable = spread > 1 + UNSTABLE or (len(rounds) == 1 and not settled(rounds[0]))
+    return {"round_p50_ms": [round(m, 3) for m in medians], "rounds_run": len(rounds), "unstable": bool(unstable)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.harness import BASELINE, GAP, UNSTABLE
+from eval.labels import place_labels
+from eval.ran import what_ran
 
 NA = "n/a"
 # torch runs the weights of the FP32 ONNX; ov-bf16 compiles the FP32 IR; ov-int8-dense is ov-int8 with
@@ -17,6 +19,7 @@ SIZE_KEY = {"torch-fp32": "onnx_fp32", "ort-fp32": "onnx_fp32", "ort-int8": "onn
             "ov-bf16": "ir_fp32", "ov-int8": "ir_int8", "ov-int8-dense": "ir_int8"}
 SPARSE = "sparse kernel"  # the fc_reasons key deploy.openvino.fc_report gives layers on the sparse kernel
 TPUT = "throughput_seq_per_s"
+DPI = 110
 
 
 def bench_cells(bench: dict) -> dict:
@@ -47,18 +50,28 @@ def _mb(n):
     return NA if n is None else n / 1e6
 
 
+def hardware(bench: dict) -> dict:
+    """The CPU bench ran on (older bench.json files keep it under env)."""
+    env = bench.get("env", {})
+    return bench.get("hardware") or {k: env.get(k) for k in ("cpu", "logical_cpus", "physical_cores", "isa")}
+
+
 def table_rows(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> list[dict]:
-    """One row per (model, backend) that eval scored, in eval's order."""
+    """One row per (model, backend) that eval scored, in eval's order, with the precision and provider
+    that ran (eval.ran), not the ones the backend's name asks for."""
     cells, base = bench_cells(bench), bench.get("baseline") or BASELINE
     lat, tput = tuple(latency_shape), tuple(throughput_shape)
+    isa = hardware(bench).get("isa") or []
     rows = []
     for r in eval_["results"]:
         m, b = r["model"], r["backend"]
-        size = compile_["models"].get(m, {}).get("sizes", {}).get(SIZE_KEY.get(b), {})
+        model = compile_["models"].get(m, {})
+        size = model.get("sizes", {}).get(SIZE_KEY.get(b), {})
+        timed = [x for x in bench["results"] if (x["model"], x["backend"]) == (m, b)]
         speed = {shape: ratio(bench_value(cells, m, b, shape, TPUT),
                               bench_value(cells, base["model"], base["backend"], shape, TPUT)) for shape in (lat, tput)}
         rows.append({
-            "model": m, "backend": b, "precision": r["precision"], **{k: r[k] for k in eval_["metrics"]},
+            "model": m, "backend": b, **what_ran(r, timed, model, isa), **{k: r[k] for k in eval_["metrics"]},
             "score": r["score"], "delta_score_vs_teacher": r["score"] - teacher["score"],
             "encoder_sparsity": removed_weights(prune) if m == "student" else 0.0,
             "size_mb": _mb(size.get("bytes")), "size_gzip_mb": _mb(size.get("gzip_bytes")),
@@ -83,8 +96,7 @@ def _kernel_line(name: str, c: dict) -> str:
 
 def build_context(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> dict:
     """Everything around the table: what ran, where, and what to distrust."""
-    env = bench.get("env", {})
-    hw = bench.get("hardware") or {k: env.get(k) for k in ("cpu", "logical_cpus", "physical_cores", "isa")}
+    env, hw = bench.get("env", {}), hardware(bench)
     grid = {(r["batch"], r["seq_len"]) for r in bench["results"]}
     notes = [f"report.{name} {list(shape)} was not benchmarked (bench grid: "
              f"{', '.join(f'b{b}×s{s}' for b, s in sorted(grid))}); its columns show n/a"
@@ -114,12 +126,13 @@ def shape_label(shape) -> str:
 
 def render_table(rows: list[dict], ctx: dict) -> str:
     lat, tput = shape_label(ctx["latency_shape"]), shape_label(ctx["throughput_shape"])
-    head = (["model", "backend", "precision", *ctx["metrics"], "score", "Δ score vs teacher", "encoder weights removed",
-             "size MB (gzip MB)", f"p50 latency ms @{lat}", f"seq/s @{tput}", f"speedup @{tput}",
-             f"speedup @{lat}"])
+    head = (["model", "backend", "precision ran", "provider ran", "asked vs ran", *ctx["metrics"], "score",
+             "Δ score vs teacher", "encoder weights removed", "size MB (gzip MB)", f"p50 latency ms @{lat}",
+             f"seq/s @{tput}", f"speedup @{tput}", f"speedup @{lat}"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["backend"] + (" **FLAGGED**" if r["flagged"] else ""), r["precision"],
+        cells = [r["model"], r["backend"] + (" **FLAGGED**" if r["flagged"] else ""), r["precision_ran"] or NA,
+                 r["provider_ran"] or NA, f"**{'; '.join(r['asked_vs_ran'])}**" if r["asked_vs_ran"] else "as asked",
                  *(fmt(r[k], ".4f") for k in ctx["metrics"]), fmt(r["score"], ".4f"),
                  fmt(r["delta_score_vs_teacher"], "+.4f"), fmt(r["encoder_sparsity"], ".1%"),
                  f"{fmt(r['size_mb'], '.1f')} ({fmt(r['size_gzip_mb'], '.1f')})", fmt(r["latency_ms_p50"], ".2f"),
@@ -146,12 +159,24 @@ def _what_ran(ctx: dict) -> list[str]:
             f"at the same [batch, seq]"]
 
 
+def crosscheck_error(c: dict) -> str | None:
+    """Why a cross-check row has no ratio: benchmark_app's error as bench recorded it (a string, or
+    the last lines of its output in older bench.json files); None when it has one."""
+    if "ratio" in c:
+        return None
+    err = c.get("benchmark_app", {}).get("error") or "bench.json records neither a ratio nor an error"
+    return "; ".join(err) if isinstance(err, list) else str(err)
+
+
 def _crosscheck(ctx: dict) -> list[str]:
     out = []
     for c in ctx["crosscheck"]:
-        line = (f"{c['model']} {c['backend']} {shape_label((c['batch'], c['seq_len']))}: ours "
-                f"{c['ours_seq_per_s']:.1f} seq/s, benchmark_app {c['benchmark_app_seq_per_s']:.1f} seq/s, "
-                f"ratio {c['ratio']:.2f}")
+        head = (f"{c['model']} {c['backend']} {shape_label((c['batch'], c['seq_len']))}: "
+                f"ours {c['ours_seq_per_s']:.1f} seq/s")
+        if (err := crosscheck_error(c)) is not None:
+            out.append(f"- **benchmark_app FAILED**: {head}; this cell is not cross-checked: {err}")
+            continue
+        line = f"{head}, benchmark_app {c['benchmark_app_seq_per_s']:.1f} seq/s, ratio {c['ratio']:.2f}"
         out.append(f"- **GAP > {GAP:.0%}**: {line}: our harness and OpenVINO's own tool disagree; trust neither "
                    "number until that is explained" if c.get("gap_over_15pct") else f"- {line}")
     return out or ["- (no cross-check in bench.json)"]
@@ -175,6 +200,8 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
     parts += ["## Sparse kernel", "", *(f"- {k}" for k in ctx["kernels"]), "",
               "## benchmark_app cross-check", "", *_crosscheck(ctx), "",
               "## How to read this", "",
+              "- Precision and provider are what ran, as eval.json and bench.json record it, not what the "
+              "backend's name asks for; \"asked vs ran\" says where the two differ and why.",
               "- Every ratio comes from one run on one machine. Expect a few percent of noise; "
               "do not read another CPU's numbers into these.",
               "- Sparse speedups need all three: INT8 weights, AMX on the CPU, and weight sparsity above the "
@@ -196,18 +223,18 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy_vs_throughput(rows: list[dict], path, shape=None) -> None:
+def accuracy_figure(rows: list[dict], shape=None):
+    """Score against throughput, one marker per model, every point labelled legibly (eval.labels);
+    returned open: plot_accuracy_vs_throughput saves and closes it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=DPI)  # the saving dpi: labels are placed in its pixels
     points = [r for r in rows if r[TPUT] != NA]
+    spots = {}  # a model's identical points (a dense model's ov-int8 and ov-int8-dense) share one label
     for model, marker in zip(dict.fromkeys(r["model"] for r in points), "o^sDv"):
         mine = [r for r in points if r["model"] == model]
         ax.scatter([r[TPUT] for r in mine], [r["score"] for r in mine], marker=marker, s=60, label=model)
-        spots = {}  # identical points (a dense model's ov-int8 and ov-int8-dense) share one label
         for r in mine:
-            spots.setdefault((r[TPUT], r["score"]), []).append(r["backend"])
-        for xy, names in spots.items():
-            ax.annotate(" / ".join(names), xy, textcoords="offset points", xytext=(5, 4), fontsize=8)
+            spots.setdefault((model, r[TPUT], r["score"]), []).append(r["backend"])
     if not points:
         ax.text(0.5, 0.5, "no throughput measured at this shape", ha="center", transform=ax.transAxes)
     where = f" at batch {shape[0]}, seq {shape[1]}" if shape else ""
@@ -215,11 +242,18 @@ def plot_accuracy_vs_throughput(rows: list[dict], path, shape=None) -> None:
     ax.set_ylabel("dev score (mean of task metrics)")
     ax.set_title("Accuracy vs throughput")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.12)  # room beside the outermost points for their labels
     if points:
         ax.legend(title="model")
     fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    place_labels(ax, [(" / ".join(names), (x, y)) for (_, x, y), names in spots.items()])
+    return fig
+
+
+def plot_accuracy_vs_throughput(rows: list[dict], path, shape=None) -> None:
+    fig = accuracy_figure(rows, shape)
+    fig.savefig(Path(path), dpi=DPI)
+    _pyplot().close(fig)
 
 
 def _series_label(model: str, seq: int, streams: int) -> str:
@@ -248,7 +282,7 @@ def plot_throughput_by_backend(bench: dict, path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
+    fig.savefig(Path(path), dpi=DPI)
     plt.close(fig)
 
 

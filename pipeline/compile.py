@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.ort import check_available
 from pipeline.core.common import Timer, atomic_dir, cpu_info, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
 
@@ -87,6 +88,8 @@ def compile_one(onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dic
 
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("compile", params_path)
+    # Before the OpenVINO conversion and NNCF work (about a minute), not at the first onnxruntime session after it.
+    check_available(p["ort_providers"], allow_fallback=p["allow_fallback"], key="compile.ort_providers")
     onnx_dir, data_dir = upstream_dir("export", params_path), upstream_dir("data", params_path)
     missing = [m for m in p["models"] if not (onnx_dir / m / "model.onnx").is_file()]
     if missing:
@@ -115,8 +118,9 @@ def main(params_path: str = "params.yaml") -> dict:
                              info={"model": name, "task": meta["task"], "precision": "int8",
                                    "weight_sparsity": r["weight_sparsity"], "dev_metrics": r["int8_ir_dev"],
                                    "sparse_fc_layers": r["sparse_fc_layers"], "cpu": cpu_info()})
-    return write_metrics("compile", {"models": results, "wall_time_s": round(t.seconds, 2)}, threads,
-                         metrics_dir(params_path))
+    return write_metrics("compile", {"models": results, "wall_time_s": round(t.seconds, 2),
+                                     "sparse_fc_layers": {m: r["sparse_fc_layers"] for m, r in results.items()}},
+                         threads, metrics_dir(params_path), ("sparse_fc_layers", "wall_time_s"))
 
 
 if __name__ == "__main__":

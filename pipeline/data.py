@@ -8,6 +8,7 @@ Output (data.out_dir): {train,eval}.safetensors (ragged token ids as flat arrays
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 import sys
@@ -27,14 +28,26 @@ class DataError(ValueError):
     """Bad input data; the message names the file, row and column at fault."""
 
 
+def read_text(path: Path) -> str:
+    """A data file's text, without a leading UTF-8 BOM (MRPC has one). Decoded whole, so an invalid
+    byte is reported at its offset in the file, with its line, not a bare UnicodeDecodeError."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"data file {str(path)!r}: byte offset {e.start} (line {line}) is not UTF-8 "
+                        f"({e.reason}: {raw[e.start:e.end]!r}); save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
 def read_table(path: Path, header: bool = True, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list, list[list[str]]]:
     """User CSV/TSV files follow the usual quoting; GLUE passes QUOTE_NONE, since some of its fields
     start with a quote that is part of the text."""
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found")
     delim = "," if path.suffix.lower() == ".csv" else "\t"
-    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's BOM
-        rows = list(csv.reader(f, delimiter=delim, quoting=quoting))
+    rows = list(csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delim, quoting=quoting))
     if len(rows) <= int(header):
         raise DataError(f"data file {str(path)!r} has no data rows")
     return (rows[0], rows[1:]) if header else ([], rows)
@@ -44,7 +57,7 @@ def read_jsonl(path: Path) -> tuple[list, list[dict]]:
     if not path.is_file():
         raise DataError(f"data file {str(path)!r} not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -196,7 +209,8 @@ def main(params_path: str = "params.yaml") -> dict:
             tokenizer.save_pretrained(out / "tokenizer")
             write_json(out / "meta.json", meta)
     return write_metrics("data", {"task": meta["task"], **{f"{k}_examples": v["examples"] for k, v in stats.items()},
-                                  "splits": stats, "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path))
+                                  "splits": stats, "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
+                         ("train_examples", "eval_examples", "wall_time_s"))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,8 @@ def main(params_path: str = "params.yaml") -> dict:
     flags = drift_flags(results, p["tolerance"])
     metrics = write_metrics("eval", {"task": meta["task"], "metrics": meta["metrics"], "examples": len(dev),
                                      "tolerance": p["tolerance"], "results": results, "flags": flags,
-                                     "wall_time_s": round(t.seconds, 2)}, threads,
-                            metrics_dir(params_path))
+                                     "flagged": len(flags), "wall_time_s": round(t.seconds, 2)}, threads,
+                            metrics_dir(params_path), ("flagged", "wall_time_s"))
     for f in flags:
         print(f"[eval] FLAGGED: {f}")
     if flags and p["fail_on_drift"]:

@@ -38,8 +38,9 @@ def main(params_path: str = "params.yaml") -> dict:
                              "encoder_linear_sparsity": summarize(model)["encoder_linear_sparsity"]}
             print(f"[export] {name}: max |diff| {figures['max_abs_diff']:.2e}, zeros kept: {figures['zeros']['ok']}")
     return write_metrics("export", {"exporter": p["exporter"], "opset": p["opset"], "task": meta["task"],
-                                    "models": results, "wall_time_s": round(t.seconds, 2)}, threads,
-                         metrics_dir(params_path))
+                                    "models": results, "wall_time_s": round(t.seconds, 2),
+                                    "max_abs_diff": {m: r["max_abs_diff"] for m, r in results.items()}}, threads,
+                         metrics_dir(params_path), ("max_abs_diff", "wall_time_s"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ import sys
 
 from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
+from pipeline.core.tasks import SCORES
 
+HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "achieved_sparsity", "encoder_remaining_weights",
+            "model_remaining_weights", "train_time_s", "wall_time_s")
 TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
               "padding_efficiency", "train_time_s")
 
@@ -30,6 +33,7 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training.checkpoint import NoExtra, clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
     from pipeline.training.loop import evaluate, fit
+    from pipeline.training.teacher_cache import maybe_build
 
     meta, train, dev = load_inputs(data_dir)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False)
@@ -37,7 +41,9 @@ def main(params_path: str = "params.yaml") -> dict:
     st.check_pattern(student, p)
     dense = sparsity.summarize(teacher)
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping)
+    layers = sorted({t for _, t in mapping}) if p["gamma_hidden"] > 0 else []
+    cache, cache_info = maybe_build(teacher, train, layers, p["teacher_cache_mb"])
+    loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
     pruners = []
 
     def prepare(optimizer, total_steps):
@@ -63,8 +69,8 @@ def main(params_path: str = "params.yaml") -> dict:
     return write_metrics("prune", {
         **scores, **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         "teacher": teacher_scores, "target_sparsity": p["target_sparsity"], "pattern": p["pattern"],
-        **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS},
-        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path))
+        **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
+        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
 
 
 if __name__ == "__main__":

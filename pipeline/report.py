@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, plot_accuracy_vs_throughput,
-                         plot_data, plot_throughput_by_backend, ratio, render_markdown, render_table, table_rows)
-from pipeline.core.common import Timer, atomic_dir, read_json, write_json, write_metrics
+from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, crosscheck_error,
+                         plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio, render_markdown,
+                         render_table, table_rows)
+from pipeline.core.common import Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
 
 INPUTS = ("teacher", "prune", "compile", "eval", "bench")  # metrics/<stage>.json, each written by that stage
@@ -31,7 +32,12 @@ ROW_KEYS = {
     "eval": ("model", "backend", "precision", "score"),
     "bench": ("model", "backend", "batch", "seq_len", "streams", "latency_ms_p50", TPUT),
 }
-MODEL_KEYS = ("sparse_fc_layers", "fc_layers", "fc_reasons", "sizes")
+MODEL_KEYS = ("sparse_fc_layers", "fc_layers", "fc_reasons", "sizes", "compile_config")
+
+
+HEADLINE = ("student_ov_int8_speedup_x", "student_ov_int8_speedup_x_latency_shape", "sparse_on_off_x",
+            "sparse_on_off_x_latency_shape", "flagged_backends", "crosscheck_failed", "rows_not_as_asked",
+            "unstable_bench_cells", "wall_time_s")
 
 
 class ReportInputError(ValueError):
@@ -63,14 +69,15 @@ def check_doc(stage: str, path: Path, doc) -> None:
 
 
 def load_inputs(folder: Path) -> dict:
-    """stage -> its parsed metrics file; every file is checked before any rendering starts."""
-    absent = [s for s in INPUTS if not (folder / f"{s}.json").is_file()]
+    """stage -> its full metrics record (metrics/details/<stage>.json); every file is checked before
+    any rendering starts."""
+    absent = [s for s in INPUTS if not details_path(folder, s).is_file()]
     if absent:
         raise FileNotFoundError("report: missing " + "; ".join(
-            f"{folder / f'{s}.json'} (written by stage `{s}`: dvc repro {s})" for s in absent))
+            f"{details_path(folder, s)} (written by stage `{s}`: dvc repro {s})" for s in absent))
     docs = {}
     for stage in INPUTS:
-        path = folder / f"{stage}.json"
+        path = details_path(folder, stage)
         try:
             docs[stage] = read_json(path)
         except json.JSONDecodeError as e:
@@ -113,7 +120,7 @@ def main(params_path: str = "params.yaml") -> dict:
         docs = load_inputs(metrics_dir(params_path))
         args = [docs[s] for s in INPUTS]
         rows, ctx = table_rows(*args, lat, tput), build_context(*args, lat, tput)
-        for note in ctx["notes"]:
+        for note in ctx["notes"] + [f"{r['model']} {r['backend']}: {m}" for r in rows for m in r["asked_vs_ran"]]:
             print(f"[report] warning: {note}", file=sys.stderr)
         with atomic_dir(p["out_dir"]) as out:
             write_report(out, rows, ctx, docs["bench"], tput)
@@ -123,8 +130,10 @@ def main(params_path: str = "params.yaml") -> dict:
         **headline(rows, docs["bench"], lat, tput),
         "flagged_backends": len(ctx["flags"]),
         "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
+        "crosscheck_failed": sum(crosscheck_error(c) is not None for c in ctx["crosscheck"]),
+        "rows_not_as_asked": sum(bool(r["asked_vs_ran"]) for r in rows),
         "unstable_bench_cells": len(ctx["unstable"]),
-        "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path))
+        "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path), HEADLINE)
 
 
 if __name__ == "__main__":

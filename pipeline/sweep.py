@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.common import read_json, write_metrics
+from pipeline.core.common import details_path, read_json, write_metrics
 from pipeline.core.params import ParamsError, load_section, validate
 from pipeline.core.schema import SCHEMA, SWEEP_STAGES as STAGES
 
@@ -121,7 +121,7 @@ def main(point: str, params_path: str = "params.yaml", stages: tuple = STAGES) -
         raise ValueError(f"sweep: unknown stage(s) {unknown}; allowed: {', '.join(STAGES)}")
     p, point_dir, pdoc = prepare(point, params_path)
     metrics = point_dir / "metrics"
-    previous = read_json(metrics / "sweep.json") if (metrics / "sweep.json").is_file() else {}
+    previous = read_json(details_path(metrics, "sweep")) if details_path(metrics, "sweep").is_file() else {}
     if stages == STAGES:
         shutil.rmtree(metrics, ignore_errors=True)  # no mix of this run's and an older run's results
         previous = {}
@@ -136,7 +136,7 @@ def main(point: str, params_path: str = "params.yaml", stages: tuple = STAGES) -
         "model_remaining_weights": prune.get("model_remaining_weights"),
         "started_at": started, "finished_at": now(),
         "stage_wall_time_s": stage_s, "wall_time_s": round(sum(stage_s.values()), 2)},
-        pdoc["prune"]["threads"], metrics)
+        pdoc["prune"]["threads"], metrics, ("encoder_remaining_weights", "model_remaining_weights", "wall_time_s"))
 
 
 def cli(argv: list[str]) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from eval.render import TPUT
 from eval.sweep_render import (front, plot_accuracy, plot_data, plot_throughput, point_row, render, table_order, teacher_row,
                         winners)
-from pipeline.core.common import Timer, atomic_dir, read_json, write_json, write_metrics
+from pipeline.core.common import DETAILS, Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
 
 POINT_FILES = ("sweep", "prune", "eval", "bench")
@@ -28,11 +28,11 @@ POINT_FILES = ("sweep", "prune", "eval", "bench")
 
 def load_point(folder: Path, name: str, overrides: dict, params_path: str) -> dict:
     rerun = f"run it: python -m pipeline.sweep {name} {params_path}"
-    missing = [f for f in POINT_FILES if not (folder / "metrics" / f"{f}.json").is_file()]
+    missing = [f for f in POINT_FILES if not details_path(folder / "metrics", f).is_file()]
     if missing:
         raise FileNotFoundError(f"sweep_report: point {name!r} has no {', '.join(f'{m}.json' for m in missing)} in "
-                                f"{folder / 'metrics'}; {rerun}")
-    docs = {f: read_json(folder / "metrics" / f"{f}.json") for f in POINT_FILES}
+                                f"{folder / 'metrics' / DETAILS}; {rerun}")
+    docs = {f: read_json(details_path(folder / "metrics", f)) for f in POINT_FILES}
     if docs["sweep"]["prune"] != overrides:
         raise ValueError(f"sweep_report: point {name!r} in {folder} was run with {docs['sweep']['prune']}, but "
                          f"sweep.points.{name} is now {overrides}; {rerun}")
@@ -82,9 +82,9 @@ def main(params_path: str = "params.yaml") -> dict:
     with Timer() as t:
         points = {n: load_point(Path(sweep["out_dir"]) / n, n, o, params_path) for n, o in sweep["points"].items()}
         base = metrics_dir(params_path)
-        teacher = read_json(base / "teacher.json")
-        base_bench, base_eval = (read_json(base / f) if (base / f).is_file() else None
-                                 for f in ("bench.json", "eval.json"))
+        teacher = read_json(details_path(base, "teacher"))
+        base_bench, base_eval = (read_json(details_path(base, s)) if details_path(base, s).is_file() else None
+                                 for s in ("bench", "eval"))
         first = next(iter(points.values()))
         metrics = first["eval"]["metrics"]
         rows = [teacher_row(teacher, metrics, base_bench, base_eval, backends, shape)]
@@ -111,7 +111,8 @@ def main(params_path: str = "params.yaml") -> dict:
         "task": ctx["task"], "shape": shape, "backends": backends, "rows": rows, "winners": wins,
         "pareto_front": sorted(f"{k[0]} {k[1]}" for k in ctx["front"]),
         **{k: v for k, v in c.items() if k != "finished_at"},
-        "wall_time_s": round(t.seconds, 2)}, None, base)
+        "wall_time_s": round(t.seconds, 2)}, None, base,
+        ("points_wall_time_s_total", "recomputed_wall_time_s", "wall_time_s"))
 
 
 if __name__ == "__main__":

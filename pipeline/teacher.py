@@ -11,9 +11,12 @@ import sys
 
 from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
+from pipeline.core.tasks import SCORES
+
+HEADLINE = (*SCORES, "best_epoch", "train_time_s", "wall_time_s")  # metrics/teacher.json; the rest: details/
 
 
-def task_loss(model, batch):
+def task_loss(model, batch, idx):
     return model(**batch).loss, {}
 
 
@@ -43,7 +46,7 @@ def main(params_path: str = "params.yaml") -> dict:
         "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
         "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],
         "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
-        metrics_dir(params_path))
+        metrics_dir(params_path), HEADLINE)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
         "prune": dict(out_dir=str(root / "student"), init="pretrained", student_layers=None, target_sparsity=0.8,
                       pattern="1x1", pruning_type="magnitude", scope="local", start=0.0, end=0.5, frequency=2,
                       decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
-                      gamma_hidden=1.0, temperature=2.0, checkpoint_dir=str(root / "ckpt/prune"),
+                      gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, checkpoint_dir=str(root / "ckpt/prune"),
                       **{**TRAIN, "epochs": 3}),
         "export": dict(out_dir=str(root / "onnx"), models=["teacher", "student"], exporter="optimum", opset=18,
                        atol=1e-4, parity_batch_sizes=[1, 8], parity_examples=16, threads=1, seed=0),
@@ -108,7 +108,7 @@ def built(tmp_path_factory, tiny_model_dir):
         # process, as `dvc repro` runs it.
         subprocess.run([sys.executable, "-m", "pipeline.bench", path], check=True, capture_output=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
-        metrics["bench"] = json.loads((root / "metrics" / "bench.json").read_text())
+        metrics["bench"] = json.loads((root / "metrics" / "details" / "bench.json").read_text())
         metrics["report"] = report.main(path)
     finally:
         os.chdir(cwd)

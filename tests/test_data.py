@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -85,6 +86,17 @@ def test_empty_file_is_named(tmp_path):
     (tmp_path / "e.tsv").write_text("sentence\tlabel\n")
     with pytest.raises(DataError, match="e.tsv' has no data rows"):
         read_table(tmp_path / "e.tsv")
+
+
+def test_undecodable_byte_names_file_and_offset(tmp_path):
+    """Latin-1 "café" in a UTF-8 file, after a BOM: the offset counts from the file's first byte."""
+    head = "\ufeffsentence\tlabel\ngood row\tpositive\n".encode()
+    for name, bad in (("bad.tsv", b"caf\xe9 au lait\tnegative\n"), ("bad.jsonl", b'{"sentence": "caf\xe9"}\n')):
+        path = tmp_path / name
+        path.write_bytes(head + bad)
+        offset = len(head) + bad.index(b"\xe9")
+        with pytest.raises(DataError, match=rf"{re.escape(str(path))}.*byte offset {offset} \(line 3\)"):
+            data.read_jsonl(path) if name.endswith(".jsonl") else read_table(path)
 
 
 def test_encode_labels_regression_rejects_text():

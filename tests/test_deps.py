@@ -1,6 +1,7 @@
 """The architecture, checked: stages import library code and never each other, every DVC stage lists
 exactly the project modules its command imports (the ast closure), and package __init__ files hold
-no code. Run `python tests/test_deps.py` to print the deps each stage should list."""
+no code. `python tests/test_deps.py` prints the deps each stage should list; `--write` puts them in
+the dvc.yaml files (other deps, comments and order of stages are kept)."""
 import ast
 import re
 import sys
@@ -112,6 +113,31 @@ def test_closure_follows_function_level_and_package_imports(tmp_path):
     assert "pipeline.training.inc" not in closure("pipeline.export")
 
 
+def rewrite(rel: str) -> None:
+    """Replace the module deps of every `python -m pipeline.*` stage in one dvc.yaml with its closure."""
+    path = ROOT / rel
+    stages = yaml.safe_load(path.read_text())["stages"]
+    cmds = {n: s.get("do", s)["cmd"] for n, s in stages.items() if MODULE_RE.search(s.get("do", s)["cmd"])}
+    out, stage, want = [], None, None
+    for line in path.read_text().splitlines():
+        if (m := re.match(r"^  (\w+):", line)) and m.group(1) in stages:
+            stage = m.group(1)
+        item = re.match(r"^(\s+)- (\S+)", line)
+        if re.match(r"^\s+deps:", line) and stage in cmds:
+            want = sorted(expected_deps(cmds[stage]))
+        elif want is not None and item:
+            out += [f"{item.group(1)}- {w}" for w in want]
+            want = []
+        elif want is not None and not item:
+            want = None
+        if not (item and want is not None and (item.group(2).endswith(".py") or item.group(2) in PACKAGES)):
+            out.append(line)
+    path.write_text("\n".join(out) + "\n")
+
+
 if __name__ == "__main__":
+    if "--write" in sys.argv:
+        for rel in DVC_FILES:
+            rewrite(rel)
     for where, cmd, listed in dvc_stages():
         print(f"{where}:", *sorted(expected_deps(cmd)), sep="\n  - ")

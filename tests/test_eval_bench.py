@@ -1,4 +1,5 @@
 """Eval and bench on the tiny pipeline: every backend judged, every bench field present and sane."""
+import numpy as np
 import pytest
 
 from deploy.backends import BACKENDS as LOADERS
@@ -35,12 +36,93 @@ def test_drift_is_flagged():
     assert rows[3]["delta_vs_teacher"] == pytest.approx(-0.025)
 
 
+@pytest.fixture
+def teacher_only(project):
+    """data + a 1-epoch teacher; eval of the teacher on torch-fp32 and one stand-in backend."""
+    from pipeline import data, teacher
+
+    params, write = project
+    params["teacher"]["epochs"] = 1
+    params["eval"].update(models=["teacher"], backends=["torch-fp32", "ov-int8"], tolerance=0.0)
+    data.main(write(params))
+    teacher.main(write(params))
+    return params, write
+
+
+def stand_in(monkeypatch, perturb):
+    """ov-int8 replaced by PyTorch FP32 whose logits pass through perturb(logits, batch_no): eval needs no
+    compiled model, and the drift is whatever the test makes it."""
+    import deploy.backends as db
+
+    def load(paths, threads, streams):
+        runner = db.BACKENDS["torch-fp32"](paths, threads, streams)
+        calls = iter(range(10 ** 6))
+        return db.Runner(lambda feed: perturb(runner.run(feed), next(calls)), dict(runner.info))
+
+    monkeypatch.setitem(db.BACKENDS, "ov-int8", load)
+
+
+def test_eval_passes_when_backends_agree_exactly(teacher_only, monkeypatch):
+    from pipeline import eval as eval_
+
+    params, write = teacher_only
+    stand_in(monkeypatch, lambda logits, i: logits.copy())
+    m = eval_.main(write(params))  # tolerance 0.0 and fail_on_drift: only an exact match passes
+    assert m["flags"] == [] and [r["delta_vs_torch"] for r in m["results"]] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_eval_fails_on_drift_past_tolerance(teacher_only, monkeypatch, fail):
+    """A backend that predicts the wrong class for every dev example scores 0 on accuracy and F1: it drifts
+    from torch-fp32 by minus the teacher's score, past any tolerance below that."""
+    import json
+
+    from pipeline import eval as eval_
+    from pipeline.core.tokens import Tokens
+
+    params, write = teacher_only
+    gold = Tokens(params["data"]["out_dir"] + "/eval.safetensors").labels
+    bs = params["eval"]["batch_size"]
+
+    def all_wrong(logits, i):
+        wrong = 1 - gold[i * bs:i * bs + len(logits)]
+        return np.eye(2, dtype=np.float32)[wrong]
+
+    stand_in(monkeypatch, all_wrong)
+    teacher_score = json.loads(open("metrics/teacher.json").read())["score"]
+    assert teacher_score > 0.1
+    params["eval"].update(tolerance=round(teacher_score - 0.01, 6), fail_on_drift=fail)
+    path = write(params)
+    if fail:
+        with pytest.raises(eval_.DriftError, match=rf"1 backend\(s\) drifted past eval.tolerance .*teacher on ov-int8: "
+                                                   rf"score 0.0000 differs from torch-fp32 by -{teacher_score:.4f}"):
+            eval_.main(path)
+    else:
+        eval_.main(path)
+    saved = json.loads(open("metrics/details/eval.json").read())  # written before the stage fails
+    ref, bad = saved["results"]
+    assert ref["backend"] == "torch-fp32" and ref["score"] == pytest.approx(teacher_score, abs=1e-6)
+    assert (bad["accuracy"], bad["f1"], bad["score"], bad["flagged"]) == (0.0, 0.0, 0.0, True)
+    assert bad["delta_vs_torch"] == pytest.approx(-ref["score"], abs=1e-6) and len(saved["flags"]) == 1
+    params["eval"]["tolerance"] = round(teacher_score + 0.01, 6)  # the same drift inside the tolerance passes
+    assert eval_.main(write(params))["flags"] == []
+
+
 def test_stability_flags_disagreeing_rounds():
-    from pipeline.bench import stability
+    from eval.harness import stability
 
     assert not stability([[0.010, 0.011], [0.0105, 0.0104]])["unstable"]
     flagged = stability([[0.010, 0.010], [0.020, 0.021]])
     assert flagged["unstable"] and flagged["round_p50_ms"] == [10.0, 20.5]
+
+
+def test_a_settled_round_is_not_repeated_and_a_lone_wide_one_is_flagged():
+    from eval.harness import settled, stability
+
+    tight, wide = [0.100, 0.101, 0.099, 0.100, 0.102], [0.100, 0.150, 0.080, 0.130, 0.100]
+    assert settled(tight) and not settled(wide)  # IQR/median 0.01 vs 0.3, against UNSTABLE = 0.15
+    assert stability([tight]) == {"round_p50_ms": [100.0], "rounds_run": 1, "unstable": False}
+    assert stability([wide])["unstable"]  # bench.rounds = 1 leaves it unrepeated, and says so
 
 
 def test_bench_rows_are_complete_and_sane(built):
@@ -57,7 +139,8 @@ def test_bench_rows_are_complete_and_sane(built):
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
         assert r["iterations"] >= 3 and r["throughput_seq_per_s"] > 0 and r["threads"] == 1
         if r["streams"] == 1:
-            assert len(r["round_p50_ms"]) == 2 and isinstance(r["unstable"], bool)
+            assert len(r["round_p50_ms"]) == r["rounds_run"] in (1, 2) and isinstance(r["unstable"], bool)
+            assert r["rounds_run"] == 2 or not r["unstable"]  # a lone round is one that settled
         assert r["provider"] and r["precision"] and r["speedup_vs_baseline"] > 0
         if r["model"] == "teacher":
             assert r["speedup_vs_baseline"] == 1.0

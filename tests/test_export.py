@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from deploy import openvino as dov
-from deploy.ort import ProviderError, make_session
+from deploy.ort import PROVIDERS, ProviderError, make_session
 from export.onnx import ParityError, gate
 from pipeline import export
 from pipeline.core.common import cpu_info
@@ -100,6 +100,27 @@ def test_asking_for_cuda_without_it_is_a_clear_error(student):
         make_session(onnx_path, ["cuda"])
     _, info = make_session(onnx_path, ["cuda"], allow_fallback=True)
     assert info["fallback"] and info["used"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_compile_checks_providers_before_any_work(tmp_path, monkeypatch, provider):
+    """onnxruntime without the provider asked for fails at the start of compile, naming the key and
+    what is available, not after the OpenVINO work; allow_fallback lets it through."""
+    import onnxruntime
+
+    from pipeline import compile as compile_
+    from tests.conftest import tiny_params, write_params
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(compile_, "compile_one", lambda *a: pytest.fail("compile work started"))
+    params = tiny_params(tmp_path, tmp_path / "no-model")
+    params["compile"]["ort_providers"] = [provider, "cpu"]
+    with pytest.raises(ProviderError, match=rf"^compile\.ort_providers: .*\['{PROVIDERS[provider]}'\] not "
+                                            r"available here \(available: \['CPUExecutionProvider'\]\)"):
+        compile_.main(str(write_params(tmp_path, params)))   # no ONNX exists: a later check would say so
+    params["compile"]["allow_fallback"] = True
+    with pytest.raises(FileNotFoundError, match="no ONNX"):  # past the provider check, to the next one
+        compile_.main(str(write_params(tmp_path, params)))
 
 
 def test_sparse_kernel_report_matches_hardware(built):

@@ -1,12 +1,12 @@
 """Bad params stop a stage before any model loads, with a message naming the key."""
-import copy
-from pathlib import Path
 import os
+import re
+from pathlib import Path
 
 import pytest
 
 from pipeline import data, prune, teacher
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_params
 from pipeline.core.params import ParamsError, load_section, validate
 from pipeline.core.schema import SCHEMA
 
@@ -44,16 +44,74 @@ def test_bad_value_names_key(project, section, key, value, needle):
     assert not any(os.path.exists(params[s]["out_dir"]) for s in ("data", "teacher", "prune"))
 
 
-def test_unknown_and_missing_keys(project):
-    params, _ = project
-    p = copy.deepcopy(params["prune"])
-    p["target_sparsty"] = 0.9
-    with pytest.raises(ParamsError, match="unknown key.*prune.target_sparsty"):
-        validate("prune", p)
-    p = copy.deepcopy(params["teacher"])
-    del p["seed"]
-    with pytest.raises(ParamsError, match="missing key.*teacher.seed"):
-        validate("teacher", p)
+def valid_sections() -> dict:
+    """A valid value for every section of the schema: the tests' tiny params plus a one-point sweep."""
+    doc = tiny_params(Path("/p"), Path("/p/model"))
+    doc["sweep"] = {"out_dir": "points", "overrides": {"prune": {"epochs": 2}},
+                    "points": {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5}}}
+    doc["sweep_report"] = {"out_dir": "report", "backends": ["ov-int8"], "shape": [4, 16]}
+    return doc
+
+
+KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s]]
+WRONG_TYPE = {str: 7, int: "7", float: "0.5", bool: "true", list: "a", dict: ["a"]}
+WRONG_ITEM = {str: 1, int: "1", list: 1}
+
+
+def test_every_section_has_a_valid_example():
+    doc = valid_sections()
+    assert set(doc) == set(SCHEMA)  # a new section needs an example here, and then is checked below
+    for section in SCHEMA:
+        assert validate(section, doc[section]) == doc[section]
+
+
+@pytest.mark.parametrize("section,key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
+def test_missing_key_is_named(section, key):
+    values = valid_sections()[section]
+    del values[key]
+    with pytest.raises(ParamsError, match=rf"^params: missing key\(s\) {section}\.{key}$"):
+        validate(section, values)
+
+
+@pytest.mark.parametrize("section", SCHEMA)
+def test_unknown_key_is_named_with_the_allowed_ones(section):
+    values = valid_sections()[section]
+    typo = next(iter(SCHEMA[section]))[:-1] + "_"   # e.g. out_di_: one letter off a real key
+    values[typo] = values[next(iter(SCHEMA[section]))]
+    with pytest.raises(ParamsError, match=rf"^params: unknown key\(s\) {section}\.{typo}; "
+                                          rf"allowed: {re.escape(', '.join(SCHEMA[section]))}$"):
+        validate(section, values)
+
+
+@pytest.mark.parametrize("section,key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
+def test_wrong_type_is_named(section, key):
+    spec = SCHEMA[section][key]
+    values = valid_sections()[section]
+    values[key] = WRONG_TYPE[spec.type]
+    name = "list" if spec.type is list else spec.type.__name__
+    with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} = {re.escape(repr(values[key]))} has type "
+                                          rf"{type(values[key]).__name__}; expected {name}( or null)?$"):
+        validate(section, values)
+    if spec.type is int:  # YAML's true is a bool, and bool is an int to Python: refused all the same
+        values[key] = True
+        with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} = True has type bool"):
+            validate(section, values)
+    if not spec.nullable:
+        values[key] = None
+        with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} is null but required \({name}\)$"):
+            validate(section, values)
+
+
+LIST_KEYS = [(s, k) for s, k in KEYS if SCHEMA[s][k].item is not None]
+
+
+@pytest.mark.parametrize("section,key", LIST_KEYS, ids=[f"{s}.{k}" for s, k in LIST_KEYS])
+def test_wrong_list_item_type_is_named(section, key):
+    spec = SCHEMA[section][key]
+    values = valid_sections()[section]
+    values[key] = [WRONG_ITEM[spec.item]]
+    with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} = .* must be a list of {spec.item.__name__}$"):
+        validate(section, values)
 
 
 def test_glue_source_needs_task(project):

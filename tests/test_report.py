@@ -12,7 +12,7 @@ from eval.render import NA, table_rows
 from pipeline import report
 from pipeline.report import ReportInputError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+FIXTURES = Path(__file__).parent / "fixtures" / "metrics" / "details"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LAT, TPUT = [1, 32], [32, 128]
 
@@ -30,7 +30,7 @@ def tput(bench: dict, model: str, backend: str, shape) -> float:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A cwd holding metrics/ copies and a params.yaml with only the report section."""
-    shutil.copytree(FIXTURES, tmp_path / "metrics")
+    shutil.copytree(FIXTURES, tmp_path / "metrics" / "details")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"report": {"out_dir": "reports", "latency_shape": LAT,
                                                  "throughput_shape": TPUT}}))
@@ -67,7 +67,7 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     assert metrics["student_ov_int8_speedup_x_latency_shape"] == round(speedup_lat, 4)
     assert metrics["sparse_on_off_x"] == round(on_off, 4)
     assert metrics["flagged_backends"] == 1 and metrics["crosscheck_gaps_over_15pct"] == 1
-    assert json.loads((root / "metrics" / "report.json").read_text())["rows"] == metrics["rows"]
+    assert json.loads((root / "metrics" / "details" / "report.json").read_text())["rows"] == metrics["rows"]
 
     for png in ("accuracy_vs_throughput.png", "throughput.png"):
         assert (root / "reports" / png).read_bytes()[:8] == PNG_MAGIC
@@ -82,8 +82,8 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
 
 def test_missing_metrics_file_names_it_and_its_stage(workdir):
     root, params = workdir
-    (root / "metrics" / "bench.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"metrics/bench\.json \(written by stage `bench`"):
+    (root / "metrics" / "details" / "bench.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics/details/bench\.json \(written by stage `bench`"):
         report.main(params)
     assert not (root / "reports").exists()
 
@@ -92,7 +92,7 @@ def test_malformed_row_names_file_and_key(workdir):
     root, params = workdir
     bench = fixture("bench")
     del bench["results"][3]["throughput_seq_per_s"]
-    (root / "metrics" / "bench.json").write_text(json.dumps(bench))
+    (root / "metrics" / "details" / "bench.json").write_text(json.dumps(bench))
     with pytest.raises(ReportInputError, match=r"bench\.json: results\[3\] lacks key\(s\) \['throughput_seq_per_s'\]"):
         report.main(params)
 
@@ -188,7 +188,91 @@ def test_unstable_bench_cells_are_called_out(workdir):
     root, params = workdir
     bench = fixture("bench")
     bench["results"][0].update(unstable=True, round_p50_ms=[10.0, 20.0])
-    (root / "metrics" / "bench.json").write_text(json.dumps(bench))
+    (root / "metrics" / "details" / "bench.json").write_text(json.dumps(bench))
     m = report.main(params)
     md = (root / "reports" / "report.md").read_text()
     assert m["unstable_bench_cells"] == 1 and "## Unstable timings" in md and "10.00, 20.00 ms" in md
+
+
+def test_table_shows_what_ran_and_marks_what_differs_from_the_ask(workdir):
+    """An AMD EPYC without bf16: ov-bf16 asked bf16 and OpenVINO ran f32; onnxruntime asked CUDA and,
+    with allow_fallback, ran on the CPU; one bench cell ran otherwise than eval did."""
+    root, params = workdir
+    ev, bench, comp = fixture("eval"), fixture("bench"), fixture("compile")
+    ev["results"].append({**ev["results"][-1], "backend": "ov-bf16", "precision": "bf16", "inference_precision": "f32"})
+    bench["hardware"].update(cpu="AMD EPYC 7763", isa=["avx2", "avx512f"])
+    comp["models"]["student"]["ort_sessions"]["int8"]["requested"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    cell = next(r for r in bench["results"] if (r["model"], r["backend"], r["batch"]) == ("student", "ov-int8", 1))
+    cell["inference_precision"] = "bf16"
+    for name, doc in (("eval", ev), ("bench", bench), ("compile", comp)):
+        (root / "metrics" / "details" / f"{name}.json").write_text(json.dumps(doc))
+    m = report.main(params)
+    md = (root / "reports" / "report.md").read_text()
+    assert table_line(md, "student", "ov-bf16").startswith(
+        "| student | ov-bf16 | fp32 | CPU | **bf16 asked, fp32 ran: this CPU has no bf16")
+    assert table_line(md, "student", "ort-int8 **FLAGGED**").startswith(
+        "| student | ort-int8 **FLAGGED** | int8-dynamic | CPUExecutionProvider | **CUDAExecutionProvider,"
+        "CPUExecutionProvider asked, CPUExecutionProvider ran: CUDAExecutionProvider did not load")
+    assert f"**bench ran int8 + bf16 on CPU at b1×s{cell['seq_len']}, eval int8 + fp32 on CPU**" in \
+        table_line(md, "student", "ov-int8")
+    assert table_line(md, "teacher", "ov-int8").startswith("| teacher | ov-int8 | int8 + fp32 | CPU | as asked |")
+    assert m["rows_not_as_asked"] == 3
+
+
+def test_failed_benchmark_app_is_shown_not_fatal(workdir):
+    root, params = workdir
+    bench = fixture("bench")
+    ok, gap = bench["crosscheck"]
+    for k in ("benchmark_app_seq_per_s", "ratio", "gap_over_15pct"):
+        del gap[k]
+    gap["benchmark_app"] = {"error": "benchmark_app not found at /venv/bin/benchmark_app", "command": "-m int8.xml"}
+    ok.update(benchmark_app={"error": ["[ ERROR ] bad IR"]}, ratio=None)  # older files kept a list of lines
+    del ok["ratio"]
+    (root / "metrics" / "details" / "bench.json").write_text(json.dumps(bench))
+    m = report.main(params)
+    md = (root / "reports" / "report.md").read_text()
+    assert ("- **benchmark_app FAILED**: student ov-int8 b32×s128: ours 1777.8 seq/s; this cell is not "
+            "cross-checked: benchmark_app not found at /venv/bin/benchmark_app") in md
+    assert "b1×s32: ours 1250.0 seq/s; this cell is not cross-checked: [ ERROR ] bad IR" in md
+    assert m["crosscheck_failed"] == 2 and m["crosscheck_gaps_over_15pct"] == 0
+
+
+def test_labels_of_nearly_coincident_points_do_not_overlap():
+    from itertools import combinations
+
+    from matplotlib.text import Text
+
+    from eval.render import TPUT as T, _pyplot, accuracy_figure
+
+    backends = ("ov-int8", "torch-fp32", "ov-fp32", "ort-fp32", "ort-int8")
+    rows = [{"model": "student", "backend": b, "score": 0.9018 + i * 1e-5, T: 85.0 + i * 0.4}
+            for i, b in enumerate(backends)]
+    rows.append({"model": "teacher", "backend": "ov-int8", "score": 0.95, T: 400.0})  # sets a wide scale
+    fig = accuracy_figure(rows, TPUT)
+    fig.canvas.draw()  # lays the figure out as savefig does
+    renderer = fig.canvas.get_renderer()
+    labels = fig.axes[0].texts
+    assert sorted(t.get_text() for t in labels) == sorted(r["backend"] for r in rows)
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text alone, not its leader line
+    assert not [(a, b) for a, b in combinations(boxes, 2) if a.overlaps(b)]
+    _pyplot().close(fig)
+
+
+def test_unrecorded_precision_is_said_not_assumed():
+    from eval.ran import what_ran
+
+    row = {"model": "student", "backend": "ov-bf16", "precision": "bf16", "provider": "openvino-CPU"}
+    ran = what_ran(row, [], fixture("compile")["models"]["student"], ["amx_bf16"])
+    assert ran["precision_ran"] is None
+    assert ran["asked_vs_ran"] == ["bf16 asked; what ran is not recorded (rerun eval and bench)"]
+
+
+def test_compare_reads_the_details_beside_a_headline_file(tmp_path):
+    """`python -m eval.compare A/metrics/bench.json B/metrics/bench.json` as the README says: the rows
+    live in metrics/details/bench.json, and the headline file names it."""
+    (tmp_path / "metrics" / "details").mkdir(parents=True)
+    shutil.copy(FIXTURES / "bench.json", tmp_path / "metrics" / "details" / "bench.json")
+    (tmp_path / "metrics" / "bench.json").write_text(json.dumps({"unstable_cells": 0, "wall_time_s": 1.0}))
+    f = compare.load(tmp_path / "metrics" / "bench.json")
+    assert f["kind"] == "bench" and f["path"].endswith("details/bench.json")
+    assert len(f["rows"]) == len(fixture("bench")["results"])

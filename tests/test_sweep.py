@@ -118,6 +118,25 @@ def test_pareto_and_winners():
     assert (w[1]["fastest"], w[1]["throughput_seq_per_s"]) == ("n/a", "n/a")  # no bench cell: no winner, no crash
 
 
+def test_front_uses_each_backends_own_score_and_skips_the_teacher():
+    from eval.sweep_render import front
+
+    def r(point, score, tput, own=None, method="unstructured"):
+        return {"point": point, "method": method, "score": score,
+                "backend_score": {} if own is None else {"ov-int8": own},
+                "throughput_seq_per_s": {"ov-int8": tput, "ort-int8": 10.0}}
+
+    rows = [r("teacher", 0.99, 1000.0, method="dense teacher"),  # beats all, but is not a candidate
+            r("a", 0.90, 100.0),
+            r("b", 0.95, 80.0, own=0.70),   # torch 0.95, but INT8 on ov-int8 scores 0.70: dominated there by a
+            r("c", 0.80, 200.0),
+            r("d", 0.85, "n/a"),            # no bench cell on ov-int8: no candidate there
+            r("e", 0.80, 150.0)]            # c is as accurate and faster
+    assert front(rows, ["ov-int8"]) == {("a", "ov-int8"), ("c", "ov-int8")}
+    # on ort-int8 every candidate is equally fast: only the most accurate by torch score (b) survives
+    assert front(rows, ["ort-int8"]) == {("b", "ort-int8")}
+
+
 def point_docs(ov_int8: bool) -> dict:
     cells = [{"model": "student", "backend": "ov-int8", "batch": 4, "seq_len": 16, "streams": 1,
               "throughput_seq_per_s": 50.0, "speedup_vs_baseline": 2.0, "sparse_fc_layers": 3}] if ov_int8 else []
@@ -163,8 +182,8 @@ def test_sweep_points_and_report(built, tmp_path):
                                   "layers-50": {"student_layers": [0], "target_sparsity": 0.0}})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc))
-    (tmp_path / "metrics").mkdir()
-    shutil.copy(base_dir / "metrics" / "teacher.json", tmp_path / "metrics")
+    (tmp_path / "metrics" / "details").mkdir(parents=True)
+    shutil.copy(base_dir / "metrics" / "details" / "teacher.json", tmp_path / "metrics" / "details")
     runs = {n: sweep.main(n, str(path)) for n in doc["sweep"]["points"]}
     assert runs["layers-50"]["method"] == "layer-drop" and runs["unstr-50"]["method"] == "unstructured"
     for name, m in runs.items():
@@ -174,16 +193,38 @@ def test_sweep_points_and_report(built, tmp_path):
         point = yaml.safe_load((folder / "params.yaml").read_text())
         assert (folder / point["data"]["out_dir"]).resolve() == Path(base_params["data"]["out_dir"]).resolve()
         assert (folder / "prune_out_dir" / "model.safetensors").is_file()  # the base student is untouched
-        bench = json.loads((folder / "metrics" / "bench.json").read_text())
+        bench = json.loads((folder / "metrics" / "details" / "bench.json").read_text())
         assert {r["backend"] for r in bench["results"] if r["model"] == "student"} == {"ov-int8"}
 
     first = sweep_report.main(str(path))
     assert first["rows"][0]["point"] == "teacher" and len(first["rows"]) == 3
-    assert first["winners"][0]["points"] == ["layers-50", "unstr-50"] or first["winners"][0]["methods"] == 2
+    rows = {r["point"]: r for r in first["rows"]}
+    lay, uns = rows["layers-50"], rows["unstr-50"]
+    for r, name in ((lay, "layers-50"), (uns, "unstr-50")):  # the rows are the points' own metrics files
+        pm = json.loads((tmp_path / "points" / name / "metrics" / "prune.json").read_text())
+        assert (r["score"], r["metrics"]["accuracy"], r["metrics"]["f1"]) == (pm["score"], pm["accuracy"], pm["f1"])
+        cell = next(c for c in json.loads((tmp_path / "points" / name / "metrics" / "details" / "bench.json").read_text())["results"]
+                    if (c["model"], c["backend"], c["batch"], c["seq_len"], c["streams"]) == ("student", "ov-int8", 4, 16, 1))
+        assert r["throughput_seq_per_s"]["ov-int8"] == cell["throughput_seq_per_s"]
+    [level] = first["winners"]  # both points keep 50%: one level, in table order (structural before sparse)
+    assert (level["points"], level["methods"]) == (["layers-50", "unstr-50"], 2)
+    best = [r["method"] for r in (lay, uns) if r["score"] == max(lay["score"], uns["score"])]
+    assert level["most_accurate"] == " = ".join(best)
+    assert level["fastest"] == max((lay, uns), key=lambda r: r["throughput_seq_per_s"]["ov-int8"])["method"]
     assert first["recomputed"] == ["layers-50", "unstr-50"] and first["points_wall_time_s_total"] > 0
-    assert first["pareto_front"]  # at least one point is not dominated
+    # The front by hand from the two points (the teacher is a reference line, not a candidate): a point is off
+    # it only when the other is at least as good on both axes and better on one. Score: the backend's own.
+    (a, sa, ta), (b, sb, tb) = ((r["point"], r["backend_score"]["ov-int8"], r["throughput_seq_per_s"]["ov-int8"])
+                                for r in (lay, uns))
+    evals = json.loads((tmp_path / "points" / a / "metrics" / "details" / "eval.json").read_text())["results"]
+    assert sa == next(e["score"] for e in evals if (e["model"], e["backend"]) == ("student", "ov-int8"))
+    dominated = {a: sb >= sa and tb >= ta and (sb, tb) != (sa, ta), b: sa >= sb and ta >= tb and (sa, ta) != (sb, tb)}
+    assert first["pareto_front"] == sorted(f"{n} ov-int8" for n in (a, b) if not dominated[n])
     out = tmp_path / "sweep_report"
     text = (out / "sweep.md").read_text()
+    for n, r in ((a, lay), (b, uns)):  # the star marks exactly the front
+        star = f"| {r['throughput_seq_per_s']['ov-int8']:.1f} ★ |" in text.split(f"| {n} |")[1].splitlines()[0]
+        assert star == (not dominated[n]), n
     assert "| unstructured | unstr-50 |" in text and "| layer-drop | layers-50 |" in text
     assert all((out / f).stat().st_size > 0 for f in ("accuracy_vs_remaining.png", "throughput_vs_remaining.png"))
     second = sweep_report.main(str(path))  # nothing rerun since the last report

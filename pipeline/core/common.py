@@ -123,11 +123,21 @@ def atomic_dir(final: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_metrics(stage: str, metrics: dict, threads: int | None, metrics_dir: Path) -> dict:
-    """metrics_dir/<stage>.json with the environment that produced it."""
-    metrics = {**metrics, "env": env_info(threads)}
-    write_json(Path(metrics_dir) / f"{stage}.json", metrics)
-    return metrics
+DETAILS = "details"  # metrics/details/<stage>.json: everything a stage measured, what reports read
+
+
+def details_path(metrics_dir: str | Path, stage: str) -> Path:
+    return Path(metrics_dir) / DETAILS / f"{stage}.json"
+
+
+def write_metrics(stage: str, metrics: dict, threads: int | None, metrics_dir: Path, headline: tuple) -> dict:
+    """Two files: metrics_dir/details/<stage>.json holds everything, with the environment that produced
+    it; metrics_dir/<stage>.json holds only the `headline` keys present (task metrics, deltas, sparsity,
+    ratios, wall time), so `dvc metrics show` and `dvc exp show` fit a terminal. Returns the full record."""
+    full = {**metrics, "env": env_info(threads)}
+    write_json(details_path(metrics_dir, stage), full)
+    write_json(Path(metrics_dir) / f"{stage}.json", {k: metrics[k] for k in headline if k in metrics})
+    return full
 
 
 class Timer:

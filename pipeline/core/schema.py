@@ -156,6 +156,7 @@ SCHEMA = {
         "beta_kd": Key(float, lo=0),
         "gamma_hidden": Key(float, lo=0),
         "temperature": Key(float, lo=0.1, hi=100),
+        "teacher_cache_mb": Key(int, lo=0),
         **TRAIN,
     },
     "export": {

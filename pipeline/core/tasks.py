@@ -34,6 +34,7 @@ GLUE = {
 # The hub's MNLI has no plain "validation" split.
 HUB_DEV_SPLIT = {"mnli": "validation_matched"}
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
+SCORES = (*METRICS, "score")  # what compute_metrics can return
 
 
 def normalize_task(name: str) -> str:

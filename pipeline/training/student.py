@@ -72,13 +72,17 @@ def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
             "nm_groups_fixed": nm_fixed}
 
 
-def make_loss(teacher, p: dict, regression: bool, mapping):
+def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
+    """loss_fn(student, batch, idx); the teacher's outputs come from `cache` (a TeacherCache) when given."""
     want_hidden = p["gamma_hidden"] > 0
 
-    def loss_fn(student, batch):
+    def loss_fn(student, batch, idx):
         labels = batch.pop("labels")
-        with torch.no_grad():
-            t_out = teacher(**batch, output_hidden_states=want_hidden)
+        if cache is not None:
+            t_out = cache.outputs(idx, batch["input_ids"].shape[1])
+        else:
+            with torch.no_grad():
+                t_out = teacher(**batch, output_hidden_states=want_hidden)
         s_out = student(**batch, output_hidden_states=want_hidden)
         return distill_loss(s_out, t_out, labels, batch["attention_mask"], alpha=p["alpha_ce"], beta=p["beta_kd"],
                             gamma=p["gamma_hidden"], temperature=p["temperature"], mapping=mapping,
