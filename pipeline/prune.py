@@ -12,42 +12,65 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_json, write_metrics
-from pipeline.core.params import load_section, metrics_dir, upstream_dir
-from pipeline.core.tasks import SCORES
+from pathlib import Path
 
-HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "achieved_sparsity", "encoder_remaining_weights",
-            "model_remaining_weights", "train_time_s", "wall_time_s")
+from pipeline.core.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir, upstream_dir
+from pipeline.core.tasks import QUALITY, SCORES
+from pipeline.training.student import PruneError
+
+HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
+            "encoder_remaining_weights", "model_remaining_weights", "selected_epoch", "train_time_s", "wall_time_s")
 TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
               "padding_efficiency", "train_time_s")
+
+
+def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
+    """The teacher's quality.json; a teacher that did not beat the majority-class baseline by
+    teacher.min_margin is refused, before any model loads, unless prune.allow_weak_teacher."""
+    path = teacher_dir / QUALITY
+    if not path.is_file():
+        raise PruneError(f"{path} is missing: the teacher was trained by an older kasp; rerun `dvc repro teacher`")
+    q = read_json(path)
+    if not q["beats_baseline"] and not allow_weak:
+        raise PruneError(f"the teacher scores {q['score']:.4f} on dev against {q['baseline_score']:.4f} for always "
+                         f"answering the majority class (margin {q['margin_over_baseline']:+.4f}, below "
+                         f"teacher.min_margin {q['min_margin']}): a student would learn little from it. Train a "
+                         f"better teacher (more epochs, another learning rate) or set prune.allow_weak_teacher: true")
+    return q
 
 
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("prune", params_path)
     data_dir, teacher_dir = upstream_dir("data", params_path), upstream_dir("teacher", params_path)
+    quality = check_teacher(teacher_dir, p["allow_weak_teacher"])
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from pipeline.core.models import load_tokenizer, load_trained, save_model, weights_sha256
+    from pipeline.core.tasks import baseline_scores
     from pipeline.core.tokens import load_inputs
     from pipeline.training import inc, sparsity, student as st
     from pipeline.training.checkpoint import NoExtra, clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import evaluate, fit
+    from pipeline.training.loop import evaluate, fit, selection_sets
+    from pipeline.training.schedule import lr_lambda
     from pipeline.training.teacher_cache import maybe_build
 
     meta, train, dev = load_inputs(data_dir)
+    train, select_on, selection = selection_sets(p, train)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False)
-    student = st.build_student(p, meta, teacher_dir)
+    student = st.build_student(p, meta, teacher_dir, teacher)
     st.check_pattern(student, p)
     dense = sparsity.summarize(teacher)
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
-    layers = sorted({t for _, t in mapping}) if p["gamma_hidden"] > 0 else []
-    cache, cache_info = maybe_build(teacher, train, layers, p["teacher_cache_mb"])
+    t_hidden, t_att = st.teacher_layers(p, mapping)
+    cache, cache_info = maybe_build(teacher, train, t_hidden, p["teacher_cache_mb"], t_att)
     loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
+    pruning = p["target_sparsity"] > 0
     pruners = []
 
     def prepare(optimizer, total_steps):
-        if p["target_sparsity"] == 0:  # pure distillation, e.g. a layer-dropped student
+        if not pruning:  # pure distillation, e.g. a layer-dropped student
             return NoExtra()
         pruners.append(inc.Pruner(student, optimizer, p, total_steps))
         return pruners[0]
@@ -55,8 +78,8 @@ def main(params_path: str = "params.yaml") -> dict:
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
         result = fit(student, train, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
-                     eligible=lambda step: not pruners or step > pruners[0].end_step,
-                     log_root=metrics_dir(params_path).parent)
+                     eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
+                     schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent)
         if pruners:
             pruners[0].detach()
         fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"])
@@ -66,9 +89,12 @@ def main(params_path: str = "params.yaml") -> dict:
             save_model(student, load_tokenizer(str(data_dir / "tokenizer")), out, slimmed=fin["structured"])
             write_json(out / "sparsity.json", fin["after"])  # per-layer detail; metrics keep the summary
         clear_checkpoint(p)
+    baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
     return write_metrics("prune", {
         **scores, **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
-        "teacher": teacher_scores, "target_sparsity": p["target_sparsity"], "pattern": p["pattern"],
+        **{f"baseline_{k}": v for k, v in baseline.items()}, "teacher": teacher_scores, "teacher_quality": quality,
+        "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
+        "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
         "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
 

@@ -2,18 +2,22 @@
 
     python -m pipeline.teacher         # reads the `teacher` section of params.yaml
 
-Output (teacher.out_dir): a save_pretrained directory (safetensors + tokenizer) holding the best
-dev-score epoch; metrics/teacher.json; training curves in dvclive/teacher.
+Output (teacher.out_dir): a save_pretrained directory (safetensors + tokenizer) holding the last epoch,
+or with `teacher.selection: train_split` the best one on a split carved from train (never the dev set
+the report scores), and quality.json (its dev score against the majority-class baseline);
+metrics/teacher.json; training curves in dvclive/teacher.
 """
 from __future__ import annotations
 
 import sys
 
-from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_metrics
+from pipeline.core.common import Timer, atomic_dir, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import SCORES
 
-HEADLINE = (*SCORES, "best_epoch", "train_time_s", "wall_time_s")  # metrics/teacher.json; the rest: details/
+# metrics/teacher.json; the rest goes to metrics/details/teacher.json
+HEADLINE = (*SCORES, "baseline_score", "margin_over_baseline", "beats_baseline", "selected_epoch", "train_time_s",
+            "wall_time_s")
 
 
 def task_loss(model, batch, idx):
@@ -26,22 +30,33 @@ def main(params_path: str = "params.yaml") -> dict:
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from pipeline.core.models import load_classifier, load_tokenizer, resolve_model, save_model
+    from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
-    from pipeline.training.loop import fit
+    from pipeline.training.loop import evaluate, fit, selection_sets
 
     meta, train, dev = load_inputs(data_dir)
+    train, select_on, selection = selection_sets(p, train)
     model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
-        result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp,
+        result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, select_on=select_on,
                      log_root=metrics_dir(params_path).parent)
+        scores = evaluate(model, dev, meta, p["eval_batch_size"])
+        baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
+        q = teacher_quality(scores, baseline, p["min_margin"])
         with atomic_dir(p["out_dir"]) as out:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
+            write_json(out / QUALITY, q)
         clear_checkpoint(p)
-    best = result["best"]
+    if not q["beats_baseline"]:
+        print(f"[teacher] WEAK TEACHER: dev score {q['score']:.4f} against {q['baseline_score']:.4f} for always "
+              f"answering the majority class (margin {q['margin_over_baseline']:+.4f} < teacher.min_margin "
+              f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true", file=sys.stderr)
+    best = result["best"] or {}
     return write_metrics("teacher", {
-        **{k: v for k, v in best.items() if k not in ("epoch", "step")}, "best_epoch": best["epoch"],
+        **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,
+        "selected_epoch": best.get("epoch", p["epochs"]),
         "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],
         "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
         "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],

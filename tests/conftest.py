@@ -52,7 +52,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 TRAIN = dict(epochs=2, batch_size=16, eval_batch_size=32, learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.1,
-             max_grad_norm=1.0, group_by_length=True, threads=1, seed=0, checkpoint_every_steps=4, progress=False)
+             max_grad_norm=1.0, group_by_length=True, threads=1, seed=0, checkpoint_every_steps=4, progress=False,
+             selection="last", selection_split=0.1)
 
 
 def tiny_params(root: Path, model_dir: Path) -> dict:
@@ -62,9 +63,11 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                      text_pair_column=None, label_column="label", labels=["negative", "positive"],
                      metrics=["accuracy", "f1"], max_length=64, max_train_samples=96, max_eval_samples=48, seed=0,
                      out_dir=str(root / "data_out")),
-        "teacher": dict(out_dir=str(root / "teacher"), checkpoint_dir=str(root / "ckpt/teacher"), **TRAIN),
+        "teacher": dict(out_dir=str(root / "teacher"), min_margin=0.02, checkpoint_dir=str(root / "ckpt/teacher"), **TRAIN),
         "prune": dict(out_dir=str(root / "student"), init="pretrained", student_layers=None, target_sparsity=0.8,
-                      pattern="1x1", pruning_type="magnitude", scope="local", start=0.0, end=0.5, frequency=2,
+                      pattern="1x1", pruning_type="magnitude", scope="local", start=0.0, end=0.5, mask_updates=6,
+                      recipe="custom", lr_schedule="linear", attention_mse=0.0, last_hidden_mse=0.0,
+                      reuse_teacher_head=False, allow_weak_teacher=True,  # a 2-epoch tiny teacher may be weak
                       decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
                       gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, checkpoint_dir=str(root / "ckpt/prune"),
                       **{**TRAIN, "epochs": 3}),

@@ -12,6 +12,7 @@ import yaml
 
 from pipeline.core.schema import SCHEMA, Key
 from pipeline.core.tasks import GLUE, METRICS
+from pipeline.training.recipes import mismatches
 
 
 class ParamsError(ValueError):
@@ -92,8 +93,13 @@ def _check_prune(v: dict) -> None:
         if v["target_sparsity"] > n / m:
             raise ParamsError(f"params: prune.target_sparsity = {v['target_sparsity']} exceeds N/M = {n / m} "
                               f"for prune.pattern = {v['pattern']!r}")
-    if v["alpha_ce"] + v["beta_kd"] + v["gamma_hidden"] == 0:
-        raise ParamsError("params: prune.alpha_ce, prune.beta_kd and prune.gamma_hidden are all 0: no loss to train")
+    weights = ("alpha_ce", "beta_kd", "gamma_hidden", "attention_mse", "last_hidden_mse")
+    if sum(v[k] for k in weights) == 0:
+        raise ParamsError(f"params: prune.{', prune.'.join(weights)} are all 0: no loss to train")
+    if bad := mismatches(v):
+        raise ParamsError(f"params: prune.recipe = {v['recipe']!r} needs " + ", ".join(
+            f"prune.{k} = {want!r} (is {have!r})" for k, (have, want) in bad.items())
+            + f"; run `python -m pipeline.training.recipes {v['recipe']} <params.yaml>` or set prune.recipe: custom")
 
 
 CROSS_CHECKS = {"data": _check_data, "prune": _check_prune}

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from pipeline.core.models import MODEL_STAGES
 from pipeline.core.tasks import normalize_task
+from pipeline.training.recipes import RECIPES
+from pipeline.training.schedule import LR_SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ TRAIN = {
     "checkpoint_dir": Key(str, path=True),
     "checkpoint_every_steps": Key(int, lo=1),
     "progress": Key(bool),
+    "selection": Key(str, choices=("last", "train_split")),  # the last epoch ships, or the best on a train split
+    "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out when selection: train_split
 }
 
 SCHEMA = {
@@ -137,18 +141,20 @@ SCHEMA = {
         "seed": Key(int, lo=0),
         "out_dir": Key(str, path=True),
     },
-    "teacher": {"out_dir": Key(str, path=True), **TRAIN},
+    "teacher": {"out_dir": Key(str, path=True), "min_margin": Key(float, lo=0, hi=1), **TRAIN},
     "prune": {
         "out_dir": Key(str, path=True),
         "init": Key(str, choices=("pretrained", "teacher")),
         "student_layers": Key(list, item=int, nullable=True, check=_layers),
         "target_sparsity": Key(float, lo=0, hi=1, hi_open=True),
         "pattern": Key(str, check=_pattern),
-        "pruning_type": Key(str, choices=("magnitude", "snip_momentum", "snip", "gradient")),
+        "recipe": Key(str, choices=("custom", *RECIPES)),
+        "pruning_type": Key(str, choices=("magnitude", "snip_momentum", "snip", "gradient", "movement")),
         "scope": Key(str, choices=("local", "global")),
         "start": Key(float, lo=0, hi=1, hi_open=True),
         "end": Key(float, lo=0, hi=1),
-        "frequency": Key(int, lo=1),
+        "mask_updates": Key(int, lo=1),
+        "lr_schedule": Key(str, choices=LR_SCHEDULES),
         "decay": Key(str, choices=("exp", "cos", "cube", "linear")),
         "excluded": Key(list, item=str),
         "tolerance": Key(float, lo=0, hi=0.5),
@@ -156,6 +162,10 @@ SCHEMA = {
         "beta_kd": Key(float, lo=0),
         "gamma_hidden": Key(float, lo=0),
         "temperature": Key(float, lo=0.1, hi=100),
+        "attention_mse": Key(float, lo=0),
+        "last_hidden_mse": Key(float, lo=0),
+        "reuse_teacher_head": Key(bool),
+        "allow_weak_teacher": Key(bool),
         "teacher_cache_mb": Key(int, lo=0),
         **TRAIN,
     },

@@ -35,6 +35,7 @@ GLUE = {
 HUB_DEV_SPLIT = {"mnli": "validation_matched"}
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman")
 SCORES = (*METRICS, "score")  # what compute_metrics can return
+QUALITY = "quality.json"  # teacher_quality() in teacher.out_dir: prune refuses a teacher no better than the baseline
 
 
 def normalize_task(name: str) -> str:
@@ -104,9 +105,35 @@ def predictions(logits, problem_type: str) -> np.ndarray:
     return logits[:, 0] if problem_type == "regression" else logits.argmax(-1)
 
 
+def headline_metrics(metrics: list[str]) -> list[str]:
+    """GLUE's headline: MCC alone where it is reported (CoLA), else the mean of the task's metrics
+    (accuracy and F1 for MRPC/QQP, Pearson and Spearman for STS-B, accuracy elsewhere)."""
+    return ["mcc"] if "mcc" in metrics else list(metrics)
+
+
 def compute_metrics(logits, labels, metrics: list[str], problem_type: str) -> dict:
-    """Task metrics from raw logits; `score` is their mean, the number a 'best checkpoint' is chosen by."""
+    """Task metrics from raw logits and `score`, the GLUE headline of them (headline_metrics)."""
     pred = predictions(logits, problem_type)
     out = {name: _METRIC_FNS[name](pred, labels) for name in metrics}
-    out["score"] = float(np.mean([out[m] for m in metrics]))
+    out["score"] = float(np.mean([out[m] for m in headline_metrics(metrics)]))
     return out
+
+
+def baseline_scores(train_labels, dev_labels, metrics: list[str], problem_type: str) -> dict:
+    """What a model that learned nothing scores on dev: always the majority class of train (accuracy
+    = that class's share, MCC 0), or always train's mean for regression (correlations 0)."""
+    train_labels, n = np.asarray(train_labels), len(dev_labels)
+    if problem_type == "regression":
+        logits = np.full((n, 1), float(np.mean(train_labels)))
+    else:
+        k = int(max(np.max(train_labels), np.max(dev_labels))) + 1
+        logits = np.tile(np.eye(k)[int(np.bincount(train_labels.astype(np.int64)).argmax())], (n, 1))
+    return compute_metrics(logits, dev_labels, metrics, problem_type)
+
+
+def teacher_quality(scores: dict, baseline: dict, min_margin: float) -> dict:
+    """Whether the teacher is worth distilling from: its dev score against always answering the
+    majority class (or the mean), by at least teacher.min_margin."""
+    margin = round(scores["score"] - baseline["score"], 6)
+    return {"score": scores["score"], "baseline_score": baseline["score"], "margin_over_baseline": margin,
+            "min_margin": min_margin, "beats_baseline": margin >= min_margin}

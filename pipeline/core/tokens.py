@@ -24,6 +24,18 @@ class Tokens:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def subset(self, idx) -> "Tokens":
+        """These rows, in this order, as a split of their own."""
+        out = object.__new__(Tokens)
+        idx = np.asarray(idx, np.int64)
+        spans = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]
+        flat = np.concatenate(spans) if len(spans) else np.zeros(0, np.int64)
+        out.ids, out.types, out.labels = self.ids[flat], self.types[flat], self.labels[idx]
+        out.lengths = self.lengths[idx]
+        out.offsets = np.concatenate([[0], np.cumsum(out.lengths)]).astype(np.int64)
+        out.pad_id = self.pad_id
+        return out
+
     def batch(self, idx) -> dict:
         """Pad to the longest row in this batch only (dynamic padding)."""
         width = int(self.lengths[idx].max())
@@ -35,6 +47,17 @@ class Tokens:
             ids[row, : b - a], types[row, : b - a], mask[row, : b - a] = self.ids[a:b], self.types[a:b], 1
         return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
                 "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(self.labels[idx])}
+
+
+def split_off(ds: Tokens, fraction: float, seed: int) -> tuple[Tokens, Tokens]:
+    """(the rest, a held-out split of `fraction` of the rows): a random, seeded split of train, so a model
+    can be chosen without looking at the dev set that the report then scores."""
+    n = len(ds)
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise ValueError(f"a selection split of {fraction} leaves no training rows out of {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return ds.subset(np.sort(order[held:])), ds.subset(np.sort(order[:held]))
 
 
 def load_inputs(data_dir: Path):

@@ -1,12 +1,20 @@
-"""The prune-at-distill loss: alpha * task loss + beta * T^2 * KL(teacher || student) + gamma * hidden MSE.
+"""The prune-at-distill loss, term by term, as pure functions on tensors:
 
-Pure functions on tensors; the layer map lets a student with fewer layers learn from chosen
-teacher layers (hidden_states[0] is the embedding output, so index i is the output of layer i).
+    loss = ce * task loss + kd * T^2 * KL(teacher || student) + hidden * MSE(mapped hidden states)
+         + attention * MSE(mapped pre-softmax attention scores) + last_hidden * MSE(last hidden state)
+
+The layer map lets a student with fewer layers learn from chosen teacher layers (hidden_states[0] is
+the embedding output, so index i is the output of layer i; the attention term pairs layer i-1 with
+the teacher's t-1 for every (i, t) with i >= 1). Padded positions never count.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+TERMS = ("ce", "kd", "hidden", "attention", "last_hidden")
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
@@ -17,6 +25,11 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]
     if student_layers > teacher_layers:
         raise ValueError(f"student has {student_layers} layers, more than the teacher's {teacher_layers}")
     return [(i, round(i * teacher_layers / student_layers)) for i in range(student_layers + 1)]
+
+
+def attention_pairs(mapping) -> list[tuple[int, int]]:
+    """Transformer-layer pairs (student, teacher) of the attention term, from the hidden-state map."""
+    return [(s - 1, t - 1) for s, t in mapping if s >= 1]
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool) -> torch.Tensor:
@@ -35,16 +48,43 @@ def hidden_loss(student_hidden, teacher_hidden, mapping, attention_mask) -> torc
     return total / len(mapping)
 
 
-def distill_loss(student_out, teacher_out, labels, attention_mask, *, alpha: float, beta: float, gamma: float,
-                 temperature: float, mapping, regression: bool) -> tuple[torch.Tensor, dict]:
+def attention_scores(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Pre-softmax scores QK^T / sqrt(d) per head, [B, heads, L, L], from the query and key
+    projections [B, L, hidden] (TinyBERT and SparseBERT distil these, not the probabilities)."""
+    b, n, h = q.shape
+    d = h // heads
+    q, k = q.view(b, n, heads, d).transpose(1, 2), k.view(b, n, heads, d).transpose(1, 2)
+    return q @ k.transpose(-1, -2) / math.sqrt(d)
+
+
+def attention_loss(student_qk, teacher_qk, pairs, attention_mask, heads: int) -> torch.Tensor:
+    """MSE of pre-softmax attention scores over (query, key) pairs of real tokens only, averaged over
+    the mapped layers; `*_qk[layer] = (q, k)`."""
+    m = attention_mask.to(torch.bool)
+    valid = (m[:, None, :, None] & m[:, None, None, :]).expand(-1, heads, -1, -1)
+    total = 0.0
+    for s, t in pairs:
+        diff = attention_scores(*student_qk[s], heads) - attention_scores(*teacher_qk[t], heads)
+        total = total + (diff ** 2)[valid].mean()
+    return total / len(pairs)
+
+
+def distill_loss(student_out, teacher_out, labels, attention_mask, *, weights: dict, temperature: float, mapping,
+                 regression: bool, student_qk=None, teacher_qk=None, heads: int = 0) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the terms whose weight is non-zero; returns (loss, each term's value)."""
     parts = {}
-    if alpha:
+    if weights.get("ce"):
         parts["ce"] = (F.mse_loss(student_out.logits.squeeze(-1), labels.float()) if regression
                        else F.cross_entropy(student_out.logits, labels))
-    if beta:
+    if weights.get("kd"):
         parts["kd"] = kd_loss(student_out.logits, teacher_out.logits, temperature, regression)
-    if gamma:
+    if weights.get("hidden"):
         parts["hidden"] = hidden_loss(student_out.hidden_states, teacher_out.hidden_states, mapping, attention_mask)
-    weights = {"ce": alpha, "kd": beta, "hidden": gamma}
+    if weights.get("last_hidden"):
+        last = [(mapping[-1][0], mapping[-1][1])]
+        parts["last_hidden"] = hidden_loss(student_out.hidden_states, teacher_out.hidden_states, last,
+                                           attention_mask)
+    if weights.get("attention"):
+        parts["attention"] = attention_loss(student_qk, teacher_qk, attention_pairs(mapping), attention_mask, heads)
     loss = sum(weights[k] * v for k, v in parts.items())
     return loss, {k: round(v.item(), 5) for k, v in parts.items()}

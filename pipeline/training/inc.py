@@ -11,27 +11,56 @@ import logging
 
 import torch
 
+from pipeline.training.schedule import step_range
+
 # Pruner attributes that make up its progress; saved in checkpoints so a killed run resumes.
 _SCALARS = ("global_step", "handled_global_step", "completed_pruned_cnt", "current_sparsity_ratio",
             "init_sparsity_ratio")
 _TENSOR_DICTS = ("masks", "head_masks", "mha_scores")
 
 
-def step_range(p: dict, total_steps: int) -> tuple[int, int]:
-    """Fractions of training -> INC's inclusive [start_step, end_step], aligned to the frequency
-    so the last mask update lands on end_step and reaches the full target."""
-    start = min(int(p["start"] * total_steps), total_steps - 1)
-    end = max(start, int(p["end"] * total_steps) - 1)
-    end = start + ((end - start) // p["frequency"]) * p["frequency"]
-    return start, end
+def movement_step(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Movement pruning's score increment, -W * dL/dW: positive for a weight the gradient pushes away
+    from zero (it is becoming important), negative for one it pulls toward zero."""
+    return -(weight * grad)
+
+
+def register_movement() -> None:
+    """Movement pruning (Sanh et al. 2020) as an INC criterion: the score of each weight accumulates
+    movement_step over every training step, without decay and with its sign, and INC's scheduler keeps
+    the highest scores. snip_momentum instead keeps |W * dL/dW| with a 0.9 momentum, which forgets and
+    ignores the direction. Unlike the paper's learned scores there is no straight-through mask: a pruned
+    weight is zero, so its score stops moving."""
+    from neural_compressor.compression.pruner.criteria import CRITERIA, PruningCriterion, register_criterion
+
+    if "movement" in CRITERIA:
+        return
+
+    @register_criterion("movement")
+    class MovementCriterion(PruningCriterion):
+        def __init__(self, modules, config, pattern):
+            super().__init__(modules, config, pattern)
+            for key, mod in modules.items():
+                zeros = torch.zeros(mod.weight.shape, dtype=torch.float32)
+                self.scores[key] = pattern.reduce_score(zeros, key) if hasattr(pattern, "reduce_score") else zeros
+
+        def on_before_optimizer_step(self):
+            with torch.no_grad():
+                for key, mod in self.modules.items():
+                    if mod.weight.grad is None:
+                        continue
+                    step = movement_step(mod.weight.data, mod.weight.grad)
+                    if hasattr(self.pattern, "reduce_score"):
+                        step = self.pattern.reduce_score(step, key, force=True)
+                    self.scores[key] += step
 
 
 def pruning_configs(model, p: dict, total_steps: int) -> list[dict]:
     from neural_compressor.compression.pruner import parse_auto_slim_config
 
-    start, end = step_range(p, total_steps)
+    start, end, freq = step_range(p, total_steps)
     common = {"pruning_type": p["pruning_type"], "pruning_scope": p["scope"], "start_step": start,
-              "end_step": end, "pruning_frequency": p["frequency"], "sparsity_decay_type": p["decay"],
+              "end_step": end, "pruning_frequency": freq, "sparsity_decay_type": p["decay"],
               "excluded_op_names": list(p["excluded"]), "max_sparsity_ratio_per_op": 0.99}
     if p["pattern"] == "channelx1":
         # FFN second Linear by input channel + whole attention heads: both can be sliced away afterwards.
@@ -49,6 +78,8 @@ class Pruner:
 
         # INC logs every layer at every mask update at INFO; keep its warnings only.
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)
+        if p["pruning_type"] == "movement":
+            register_movement()
         orig_save = torch.save
         configs = pruning_configs(model, p, total_steps)
         self.model, self.optimizer = model, optimizer

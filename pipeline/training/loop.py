@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from pipeline.core.tasks import compute_metrics
-from pipeline.core.tokens import Tokens
+from pipeline.core.tokens import Tokens, split_off
 from pipeline.training.checkpoint import NoExtra, load_checkpoint, save_checkpoint
+from pipeline.training.schedule import lr_lambda
 
 BEST = "best.safetensors"
 
@@ -57,9 +58,9 @@ def evaluate(model, ds: Tokens, meta: dict, batch_size: int) -> dict:
     return compute_metrics(logits, ds.labels, meta["metrics"], meta["problem_type"])
 
 
-def make_optimizer(model, p: dict, total_steps: int):
-    from transformers import get_linear_schedule_with_warmup
-
+def make_optimizer(model, p: dict, total_steps: int, schedule=None):
+    """AdamW and its LambdaLR; `schedule(total_steps) -> lr_lambda` (pipeline.training.schedule), default
+    warm-up then linear decay."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
@@ -68,8 +69,18 @@ def make_optimizer(model, p: dict, total_steps: int):
     # (MiniLM's 22M parameters: 16 against 76 ms a step), the same update up to float rounding.
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=p["learning_rate"], fused=True)
-    sched = get_linear_schedule_with_warmup(opt, int(p["warmup_ratio"] * total_steps), total_steps)
-    return opt, sched
+    fn = (schedule or (lambda total: lr_lambda(p, total, pruning=False)))(total_steps)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
+
+
+def selection_sets(p: dict, train: Tokens) -> tuple[Tokens, Tokens | None, dict]:
+    """(rows to train on, rows to choose the epoch on or None, what metrics record about it), from
+    `selection`: last (the last epoch ships) or train_split (best epoch on a split carved from train)."""
+    if p["selection"] == "last":
+        return train, None, {"selection": "last"}
+    rest, held = split_off(train, p["selection_split"], p["seed"])
+    return rest, held, {"selection": "train_split", "selection_split_size": len(held), "selection_seed": p["seed"],
+                        "train_rows_used": len(rest)}
 
 
 @dataclass
@@ -141,11 +152,15 @@ def _summary(pr: Progress, total: int, resumed_from: int, extra) -> dict:
 
 
 def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stage: str, fp: str,
-        prepare=None, eligible=lambda step: True, log_root: Path | None = None) -> dict:
-    """Train with `loss_fn(model, batch, example_indices) -> (loss, parts)`; returns history, timing and best metrics.
+        prepare=None, eligible=lambda step: True, log_root: Path | None = None, select_on: Tokens | None = None,
+        schedule=None) -> dict:
+    """Train with `loss_fn(model, batch, example_indices) -> (loss, parts)`; returns history, timing and
+    the selected epoch.
 
-    `prepare(optimizer, total_steps)` may wrap the optimizer (pruning) and returns the extra-state
-    object; `eligible(step)` says whether a model at `step` may become the kept "best" one;
+    The model returned is the last epoch's, or with `select_on` (a split carved from train, never the
+    dev set) the epoch that scored best on it among those `eligible(step)` allows. `dev` is scored each
+    epoch for the curves only. `prepare(optimizer, total_steps)` may wrap the optimizer (pruning) and
+    returns the extra-state object; `schedule(total) -> lr_lambda` sets the learning rate;
     `log_root` is where dvclive/<stage> goes (None: no curves).
     """
     from safetensors.torch import load_file
@@ -154,7 +169,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
     ckpt_dir = Path(p["checkpoint_dir"])
     per_epoch = math.ceil(len(train) / p["batch_size"])
     total = per_epoch * p["epochs"]
-    opt, sched = make_optimizer(model, p, total)
+    opt, sched = make_optimizer(model, p, total, schedule)
     extra = prepare(opt, total) if prepare else NoExtra()
     state = load_checkpoint(ckpt_dir, fp)
     pr = _restore(state, model, opt, sched, extra)
@@ -183,11 +198,13 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
             if pr.step % p["checkpoint_every_steps"] == 0 and pr.step % per_epoch:
                 checkpoint()
         scores = evaluate(model, dev, meta, p["eval_batch_size"])
-        pr.history.append({"epoch": epoch + 1, "step": pr.step, **scores})
+        chosen = evaluate(model, select_on, meta, p["eval_batch_size"]) if select_on is not None else None
+        pr.history.append({"epoch": epoch + 1, "step": pr.step, **scores,
+                           **({"selection": chosen} if chosen else {})})
         if log:
             log(pr.step, {f"eval/{k}": v for k, v in scores.items()})
-        if eligible(pr.step):
-            _keep_best(model, pr, scores, epoch, ckpt_dir)
+        if chosen and eligible(pr.step):
+            _keep_best(model, pr, chosen, epoch, ckpt_dir)
         checkpoint()
     bar.close()
     close_log()

@@ -3,6 +3,7 @@ the loss it learns from the teacher, and what is done and checked once training 
 strict, structured students slimmed, the sparsity target verified)."""
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from pipeline.core.models import load_classifier, load_trained, resolve_model
 from pipeline.training import inc, sparsity
-from pipeline.training.distill import distill_loss
+from pipeline.training.distill import attention_pairs, distill_loss
 
 
 class PruneError(RuntimeError):
@@ -72,26 +73,80 @@ def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
             "nm_groups_fixed": nm_fixed}
 
 
+def loss_weights(p: dict) -> dict:
+    """prune.* loss weights by term (pipeline.training.distill.TERMS)."""
+    return {"ce": p["alpha_ce"], "kd": p["beta_kd"], "hidden": p["gamma_hidden"], "attention": p["attention_mse"],
+            "last_hidden": p["last_hidden_mse"]}
+
+
+def teacher_layers(p: dict, mapping) -> tuple[list[int], list[int]]:
+    """(teacher hidden-state indices, teacher transformer layers for attention) the loss needs."""
+    w = loss_weights(p)
+    hidden = sorted({t for _, t in mapping}) if w["hidden"] else []
+    if w["last_hidden"]:
+        hidden = sorted(set(hidden) | {mapping[-1][1]})
+    attention = sorted({t for _, t in attention_pairs(mapping)}) if w["attention"] else []
+    return hidden, attention
+
+
+@contextlib.contextmanager
+def capture_qk(model, layers: list[int]):
+    """Within the block, {layer: [q, k]}: the query and key projections of those encoder layers at
+    every forward (the attention term is built from them)."""
+    out, handles = {}, []
+    enc = getattr(model, model.base_model_prefix).encoder.layer
+    for i in layers:
+        att = enc[i].attention.self
+        for slot, lin in enumerate((att.query, att.key)):
+            handles.append(lin.register_forward_hook(
+                lambda mod, args, o, i=i, slot=slot: out.setdefault(i, [None, None]).__setitem__(slot, o)))
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
     """loss_fn(student, batch, idx); the teacher's outputs come from `cache` (a TeacherCache) when given."""
-    want_hidden = p["gamma_hidden"] > 0
+    w = loss_weights(p)
+    t_hidden, t_att = teacher_layers(p, mapping)
+    s_att = sorted({s for s, _ in attention_pairs(mapping)}) if w["attention"] else []
+    heads = teacher.config.num_attention_heads
 
     def loss_fn(student, batch, idx):
         labels = batch.pop("labels")
         if cache is not None:
             t_out = cache.outputs(idx, batch["input_ids"].shape[1])
+            t_qk = t_out.qk
         else:
-            with torch.no_grad():
-                t_out = teacher(**batch, output_hidden_states=want_hidden)
-        s_out = student(**batch, output_hidden_states=want_hidden)
-        return distill_loss(s_out, t_out, labels, batch["attention_mask"], alpha=p["alpha_ce"], beta=p["beta_kd"],
-                            gamma=p["gamma_hidden"], temperature=p["temperature"], mapping=mapping,
-                            regression=regression)
+            with torch.no_grad(), capture_qk(teacher, t_att) as t_qk:
+                t_out = teacher(**batch, output_hidden_states=bool(t_hidden))
+        with capture_qk(student, s_att) as s_qk:
+            s_out = student(**batch, output_hidden_states=bool(w["hidden"] or w["last_hidden"]))
+        return distill_loss(s_out, t_out, labels, batch["attention_mask"], weights=w, temperature=p["temperature"],
+                            mapping=mapping, regression=regression, student_qk=s_qk, teacher_qk=t_qk, heads=heads)
 
     return loss_fn
 
 
-def build_student(p: dict, meta: dict, teacher_dir: Path):
+def reuse_head(student, teacher) -> list[str]:
+    """INC's recipe: the student gets the teacher's pooler and classifier, frozen, so matching the
+    teacher's last hidden state is enough to match its predictions. Returns the parameter names frozen."""
+    frozen = []
+    for name in ("pooler", "classifier"):
+        s_mod = getattr(getattr(student, student.base_model_prefix), name, None) or getattr(student, name, None)
+        t_mod = getattr(getattr(teacher, teacher.base_model_prefix), name, None) or getattr(teacher, name, None)
+        if s_mod is None or t_mod is None:
+            continue
+        s_mod.load_state_dict(t_mod.state_dict())
+        for n, param in s_mod.named_parameters():
+            param.requires_grad_(False)
+            frozen.append(f"{name}.{n}")
+    return frozen
+
+
+def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None):
     if p["init"] == "teacher":
         student = load_trained(teacher_dir)
     else:
@@ -99,6 +154,8 @@ def build_student(p: dict, meta: dict, teacher_dir: Path):
                                   meta["labels"])
     if p["student_layers"]:
         drop_layers(student, p["student_layers"])
+    if p["reuse_teacher_head"]:
+        reuse_head(student, teacher)
     return student
 
 
