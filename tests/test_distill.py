@@ -7,10 +7,11 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pipeline.core.tokens import Tokens
 from pipeline.training.distill import layer_map
-from pipeline.training.student import make_loss
+from pipeline.training.student import make_loss, teacher_layers
 from pipeline.training.teacher_cache import TeacherCache, maybe_build, size_mb
 
-P = {"alpha_ce": 0.5, "beta_kd": 0.5, "gamma_hidden": 1.0, "temperature": 2.0}
+P = {"alpha_ce": 0.5, "beta_kd": 0.5, "gamma_hidden": 1.0, "temperature": 2.0, "attention_mse": 1.0,
+     "last_hidden_mse": 0.5}
 
 
 def tiny_bert(seed: int, layers: int = 2):
@@ -33,12 +34,13 @@ def ragged(tmp_path) -> Tokens:
 def test_cached_loss_equals_live_teacher_loss(ragged):
     teacher, student = tiny_bert(0), tiny_bert(1)
     mapping = layer_map(2, 2)
-    layers = sorted({t for _, t in mapping})
-    cache = TeacherCache.build(teacher, ragged, layers, batch_size=5)  # other batches and padding than training's
+    layers, att = teacher_layers(P, mapping)
+    assert (layers, att) == ([0, 1, 2], [0, 1])
+    cache = TeacherCache.build(teacher, ragged, layers, batch_size=5, att_layers=att)  # other batches, other padding
     live, cached = make_loss(teacher, P, False, mapping), make_loss(teacher, P, False, mapping, cache)
     for idx in (np.array([3, 0, 17, 9]), np.arange(24)):
         (a, pa), (b, pb) = live(student, ragged.batch(idx), idx), cached(student, ragged.batch(idx), idx)
-        assert pa.keys() == pb.keys() == {"ce", "kd", "hidden"}
+        assert pa.keys() == pb.keys() == {"ce", "kd", "hidden", "attention", "last_hidden"}
         assert a.item() == pytest.approx(b.item(), rel=1e-5)
         assert a.item() > 0
 

@@ -17,7 +17,7 @@ BAD = [
     ("prune", "pattern", "3y1", "1x1"),
     ("prune", "pattern", "0x4", "NxM blocks"),
     ("prune", "pattern", "2:4", "exceeds N/M"),          # target 0.8 > 2/4
-    ("prune", "pruning_type", "movement", "magnitude, snip_momentum"),
+    ("prune", "pruning_type", "obs", "magnitude, snip_momentum, snip, gradient, movement"),
     ("prune", "scope", "everywhere", "local, global"),
     ("prune", "end", 0.0, "prune.end"),
     ("prune", "student_layers", [3, 1], "prune.student_layers"),
@@ -50,12 +50,13 @@ def valid_sections() -> dict:
     doc["sweep"] = {"out_dir": "points", "overrides": {"prune": {"epochs": 2}},
                     "points": {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5}}}
     doc["sweep_report"] = {"out_dir": "report", "backends": ["ov-int8"], "shape": [4, 16]}
+    doc["seeds"] = {"out_dir": "seeds", "seeds": [0, 1], "target_sparsities": [0.9]}
     return doc
 
 
 KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s]]
 WRONG_TYPE = {str: 7, int: "7", float: "0.5", bool: "true", list: "a", dict: ["a"]}
-WRONG_ITEM = {str: 1, int: "1", list: 1}
+WRONG_ITEM = {str: 1, int: "1", float: "0.5", list: 1}
 
 
 def test_every_section_has_a_valid_example():
@@ -135,7 +136,7 @@ def test_repo_params_are_valid(path):
 
     present = yaml.safe_load((ROOT / path).read_text())
     for section in SCHEMA:  # the sweep's sections are needed only where a sweep is defined
-        if section in present or section not in ("sweep", "sweep_report"):
+        if section in present or section not in ("sweep", "sweep_report", "seeds"):
             assert load_section(section, ROOT / path)
 
 

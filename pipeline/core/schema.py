@@ -94,6 +94,16 @@ def _points(v):
     return next((f"point {k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
 
 
+def _seed_list(v):
+    if not v or len(set(v)) != len(v) or any(i < 0 for i in v):
+        return "must be a non-empty list of distinct seeds >= 0"
+
+
+def _sparsity_list(v):
+    if not v or len(set(v)) != len(v) or any(not 0 <= s < 1 for s in v):
+        return "must be a non-empty list of distinct target sparsities in [0, 1)"
+
+
 def _shape(v):
     if len(v) != 2 or any(i < 1 for i in v):
         return "must be [batch_size, sequence_length]"
@@ -229,6 +239,11 @@ SCHEMA = {
         "out_dir": Key(str, path=True),
         "overrides": Key(dict, check=_overrides),
         "points": Key(dict, check=_points),
+    },
+    "seeds": {
+        "out_dir": Key(str, path=True),
+        "seeds": Key(list, item=int, check=_seed_list),
+        "target_sparsities": Key(list, item=float, check=_sparsity_list),
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),

@@ -1,0 +1,97 @@
+"""Stage `seeds`: one prune recipe over several seeds and sparsities, summarised as mean, std, min, max.
+
+    python -m pipeline.seeds [params.yaml]          # reads the `seeds` section (and the base prune section)
+
+MRPC dev has 408 pairs, so one pair is 0.25 accuracy points and a single seed's difference under about
+a point is noise: an accuracy claim is a mean over seeds. Each run (a target sparsity and a seed) gets
+seeds.out_dir/<sparsity>-s<seed>/ with a generated params.yaml: data and teacher point at the base run's
+outputs (the teacher is trained once, by the base run, and shared by every run), prune writes inside
+the folder with that seed and target. A run whose metrics are newer than its params file is reused,
+so an interrupted sweep of seeds picks up where it stopped. Output: metrics/seeds.json (every run, the
+summary per sparsity) and metrics/details/seeds.json.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pipeline.core.common import Timer, details_path, read_json, write_metrics
+from pipeline.core.params import load_section, metrics_dir, validate
+from pipeline.core.runs import relocate, run_stage, write_params
+from pipeline.core.tasks import SCORES
+
+SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a seed
+KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
+
+
+def run_name(sparsity: float, seed: int) -> str:
+    return f"{round(sparsity * 100, 2):g}-s{seed}"
+
+
+def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path) -> dict:
+    """The params of one run: the base prune section with this seed and target, writing in run_dir."""
+    out = {s: relocate(s, validate(s, doc[s]), base_dir, run_dir) for s in SHARED}
+    prune = relocate("prune", validate("prune", doc["prune"]), base_dir, base_dir, inside=True)
+    out["prune"] = validate("prune", {**prune, "seed": seed, "target_sparsity": sparsity, "progress": False})
+    return out
+
+
+def run_record(m: dict, seed: int) -> dict:
+    """What seeds.json keeps of one run's metrics/prune.json."""
+    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
+            **{k: m[k] for k in KEYS if k in m}, "selection": m["selection"],
+            "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per target sparsity: n and mean, std (sample), min, max of every task metric and delta."""
+    out = {}
+    for s in sorted({r["target_sparsity"] for r in runs}):
+        rs = [r for r in runs if r["target_sparsity"] == s]
+        stats = {"n": len(rs)}
+        for k in KEYS:
+            v = np.array([r[k] for r in rs if k in r], np.float64)
+            if len(v):
+                stats[k] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6),
+                            "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
+        out[f"{s:g}"] = stats
+    return out
+
+
+def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
+    run_dir = Path(p["out_dir"]) / run_name(sparsity, seed)
+    params = run_dir / "params.yaml"
+    write_params(params, run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir), "seeds")
+    done = details_path(run_dir / "metrics", "prune")
+    seconds = 0.0
+    if not done.is_file() or done.stat().st_mtime < params.stat().st_mtime:
+        seconds = run_stage("prune", params, run_name(sparsity, seed), by="seeds")
+    return run_record(read_json(done), seed), seconds
+
+
+def main(params_path: str = "params.yaml") -> dict:
+    p = load_section("seeds", params_path)
+    doc = yaml.safe_load(Path(params_path).read_text())
+    base = load_section("teacher", params_path)
+    runs, stage_s = [], 0.0
+    with Timer() as t:
+        for sparsity in p["target_sparsities"]:
+            for seed in p["seeds"]:
+                record, seconds = one_run(doc, sparsity, seed, p, params_path)
+                runs.append(record)
+                stage_s += seconds
+    summary = summarize(runs)
+    for s, st in summary.items():
+        print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st
+                                          if k.startswith("delta_")) + f" over {st['n']} seeds")
+    return write_metrics("seeds", {"teacher": f"once: the base run's ({base['out_dir']}, seed {base['seed']})",
+                                   "runs": runs, "summary": summary, "prune_wall_time_s": round(stage_s, 2),
+                                   "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
+                         ("teacher", "runs", "summary", "wall_time_s"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
