@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deploy.runner import CONFIG_FILE, FORMAT, LABELS_FILE, MANIFEST_FILE, MODEL_FILES, REQUIRED, TOKENIZER_FILE
+from deploy.runner import CONFIG_FILE, FORMAT, LABELS_FILE, MANIFEST_FILE, REQUIRED, TOKENIZER_FILE
 from pipeline.core.common import atomic_dir, sha256_file, write_json
 
 PROBLEM_TYPES = ("classification", "regression")

@@ -41,7 +41,7 @@ def drift_flags(results: list[dict], tolerance: float) -> list[str]:
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("eval", params_path)
     if REFERENCE not in p["backends"]:
-        raise ValueError(f"deploy.backends must include {REFERENCE!r}: every backend is judged against it")
+        raise ValueError(f"eval.backends must include {REFERENCE!r}: every backend is judged against it")
     data_dir = upstream_dir("data", params_path)
     threads = set_threads(p["threads"])
     from deploy.backends import load, model_paths

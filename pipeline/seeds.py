@@ -6,9 +6,10 @@ MRPC dev has 408 pairs, so one pair is 0.25 accuracy points and a single seed's 
 a point is noise: an accuracy claim is a mean over seeds. Each run (a target sparsity and a seed) gets
 seeds.out_dir/<sparsity>-s<seed>/ with a generated params.yaml: data and teacher point at the base run's
 outputs (the teacher is trained once, by the base run, and shared by every run), prune writes inside
-the folder with that seed and target. A run whose metrics are newer than its params file is reused,
-so an interrupted sweep of seeds picks up where it stopped. Output: metrics/seeds.json (every run, the
-summary per sparsity) and metrics/details/seeds.json.
+the folder with that seed and target. A finished run is reused while its params, the data, the
+teacher's weights and the code are those it was trained with, so an interrupted set of seeds picks
+up where it stopped. Output: metrics/seeds.json (every run, the summary per sparsity) and
+metrics/details/seeds.json.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import yaml
 
 from pipeline.core.common import Timer, details_path, read_json, write_metrics
-from pipeline.core.params import load_section, metrics_dir, validate
+from pipeline.core.params import load_section, metrics_dir, upstream_dir, validate
 from pipeline.core.runs import relocate, run_stage, write_params
 from pipeline.core.tasks import SCORES
 
@@ -61,14 +62,25 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def inputs_fingerprint(params: Path) -> str:
+    """What a finished run must still match to be reused: its prune params, the tokenized data, the
+    teacher's weights and the code (the same fingerprint a prune checkpoint carries)."""
+    from pipeline.core.models import weights_sha256
+    from pipeline.training.checkpoint import run_fingerprint
+
+    prune, data_dir = load_section("prune", params), upstream_dir("data", params)
+    return run_fingerprint("prune", prune, data_dir, weights_sha256(str(upstream_dir("teacher", params))))
+
+
 def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
     run_dir = Path(p["out_dir"]) / run_name(sparsity, seed)
-    params = run_dir / "params.yaml"
+    params, stamp = run_dir / "params.yaml", run_dir / "inputs.sha256"
     write_params(params, run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir), "seeds")
-    done = details_path(run_dir / "metrics", "prune")
+    done, fp = details_path(run_dir / "metrics", "prune"), inputs_fingerprint(params)
     seconds = 0.0
-    if not done.is_file() or done.stat().st_mtime < params.stat().st_mtime:
+    if not (done.is_file() and stamp.is_file() and stamp.read_text() == fp):
         seconds = run_stage("prune", params, run_name(sparsity, seed), by="seeds")
+        stamp.write_text(fp)
     return run_record(read_json(done), seed), seconds
 
 

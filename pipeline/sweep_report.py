@@ -98,7 +98,7 @@ def main(params_path: str = "params.yaml") -> dict:
         wins = winners(rows, backends[0])
         with atomic_dir(p["out_dir"]) as out:
             (out / "sweep.md").write_text(render(rows, wins, ctx))
-            plot_accuracy(rows, out / "accuracy_vs_remaining.png", "mean of " + ", ".join(metrics))
+            plot_accuracy(rows, out / "accuracy_vs_remaining.png", "MCC" if "mcc" in metrics else "mean of " + ", ".join(metrics))
             plot_throughput(rows, out / "throughput_vs_remaining.png", backends, shape, ctx["front"])
             for name, records in plot_data(rows, backends).items():
                 write_json(out / "plots" / name, records)

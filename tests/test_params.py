@@ -130,7 +130,7 @@ def test_missing_file_and_section(tmp_path):
         load_section("prune", tmp_path / "p.yaml")
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "profiles/mrpc/params.yaml", "profiles/sst2-throughput/params.yaml"])
+@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/*/params.yaml"))])
 def test_repo_params_are_valid(path):
     import yaml
 

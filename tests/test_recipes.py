@@ -191,3 +191,21 @@ def test_train_split_selection_never_scores_on_dev(trained, monkeypatch):
     rows = lambda ds: [tuple(r) for r in np.split(ds.ids, ds.offsets[1:-1])]  # noqa: E731
     assert held and set(rows(held[0])) <= set(rows(train))  # carved from train
     assert all(len(ds) in (len(dev), len(held[0])) for ds in evaluated)  # dev only for the curves
+
+def test_seeds_summarise_each_sparsity_over_its_runs(trained):
+    from pipeline import seeds
+
+    params, write = trained
+    params["prune"]["epochs"] = 1
+    params["seeds"] = {"out_dir": str(Path(params["data"]["out_dir"]).parent / "seeds"), "seeds": [0, 1],
+                       "target_sparsities": [0.5]}
+    m = seeds.main(write(params))
+    runs = m["runs"]
+    assert [(r["seed"], r["target_sparsity"]) for r in runs] == [(0, 0.5), (1, 0.5)]
+    acc = [r["accuracy"] for r in runs]
+    s = m["summary"]["0.5"]
+    assert s["n"] == 2 and s["accuracy"]["mean"] == pytest.approx(np.mean(acc), abs=1e-6)
+    assert s["accuracy"]["std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-6)
+    assert s["delta_score"]["min"] <= s["delta_score"]["mean"] <= s["delta_score"]["max"]
+    again = seeds.main(write(params))  # finished runs are reused, not retrained
+    assert again["runs"] == runs and again["prune_wall_time_s"] == 0

@@ -175,28 +175,9 @@ def test_cost_counts_what_changed_since_the_last_report():
     assert sweep_report.cost(same_second, [first, again], now)["recomputed"] == []
 
 
-def test_sweep_points_and_report(built, tmp_path):
-    base_params, base_path, _ = built
-    base_dir = Path(base_path).parent
-    doc = sweep_doc(base_params, {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5},
-                                  "layers-50": {"student_layers": [0], "target_sparsity": 0.0}})
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    (tmp_path / "metrics" / "details").mkdir(parents=True)
-    shutil.copy(base_dir / "metrics" / "details" / "teacher.json", tmp_path / "metrics" / "details")
-    runs = {n: sweep.main(n, str(path)) for n in doc["sweep"]["points"]}
-    assert runs["layers-50"]["method"] == "layer-drop" and runs["unstr-50"]["method"] == "unstructured"
-    for name, m in runs.items():
-        assert abs(m["encoder_remaining_weights"] - 0.5) <= 0.005, name  # one axis for sparse and layer-dropped
-        assert set(m["stage_wall_time_s"]) == set(sweep.STAGES)
-        folder = tmp_path / "points" / name
-        point = yaml.safe_load((folder / "params.yaml").read_text())
-        assert (folder / point["data"]["out_dir"]).resolve() == Path(base_params["data"]["out_dir"]).resolve()
-        assert (folder / "prune_out_dir" / "model.safetensors").is_file()  # the base student is untouched
-        bench = json.loads((folder / "metrics" / "details" / "bench.json").read_text())
-        assert {r["backend"] for r in bench["results"] if r["model"] == "student"} == {"ov-int8"}
-
-    first = sweep_report.main(str(path))
+def check_first_report(first: dict, tmp_path: Path) -> tuple:
+    """The report's rows, winners and front against the points' own metrics files, worked out by hand;
+    returns (front point a, b, their rows, which are dominated)."""
     assert first["rows"][0]["point"] == "teacher" and len(first["rows"]) == 3
     rows = {r["point"]: r for r in first["rows"]}
     lay, uns = rows["layers-50"], rows["unstr-50"]
@@ -220,6 +201,32 @@ def test_sweep_points_and_report(built, tmp_path):
     assert sa == next(e["score"] for e in evals if (e["model"], e["backend"]) == ("student", "ov-int8"))
     dominated = {a: sb >= sa and tb >= ta and (sb, tb) != (sa, ta), b: sa >= sb and ta >= tb and (sa, ta) != (sb, tb)}
     assert first["pareto_front"] == sorted(f"{n} ov-int8" for n in (a, b) if not dominated[n])
+    return a, b, lay, uns, dominated
+
+
+def test_sweep_points_and_report(built, tmp_path):
+    base_params, base_path, _ = built
+    base_dir = Path(base_path).parent
+    doc = sweep_doc(base_params, {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5},
+                                  "layers-50": {"student_layers": [0], "target_sparsity": 0.0}})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    (tmp_path / "metrics" / "details").mkdir(parents=True)
+    shutil.copy(base_dir / "metrics" / "details" / "teacher.json", tmp_path / "metrics" / "details")
+    runs = {n: sweep.main(n, str(path)) for n in doc["sweep"]["points"]}
+    assert runs["layers-50"]["method"] == "layer-drop" and runs["unstr-50"]["method"] == "unstructured"
+    for name, m in runs.items():
+        assert abs(m["encoder_remaining_weights"] - 0.5) <= 0.005, name  # one axis for sparse and layer-dropped
+        assert set(m["stage_wall_time_s"]) == set(sweep.STAGES)
+        folder = tmp_path / "points" / name
+        point = yaml.safe_load((folder / "params.yaml").read_text())
+        assert (folder / point["data"]["out_dir"]).resolve() == Path(base_params["data"]["out_dir"]).resolve()
+        assert (folder / "prune_out_dir" / "model.safetensors").is_file()  # the base student is untouched
+        bench = json.loads((folder / "metrics" / "details" / "bench.json").read_text())
+        assert {r["backend"] for r in bench["results"] if r["model"] == "student"} == {"ov-int8"}
+
+    first = sweep_report.main(str(path))
+    a, b, lay, uns, dominated = check_first_report(first, tmp_path)
     out = tmp_path / "sweep_report"
     text = (out / "sweep.md").read_text()
     for n, r in ((a, lay), (b, uns)):  # the star marks exactly the front

@@ -37,7 +37,8 @@ def load_checkpoint(ckpt_dir: Path, fp: str) -> dict | None:
 def run_fingerprint(stage: str, p: dict, data_dir: Path, *extra) -> str:
     """What a checkpoint must match to be resumed: the stage's params, the tokenized data bytes and
     the training code. Anything else changed means the saved progress belongs to another run."""
-    code = {f.name: sha256_file(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
+    pkg = Path(__file__).resolve().parents[1]  # all of pipeline/: stages, core and training
+    code = {str(f.relative_to(pkg)): sha256_file(f) for f in sorted(pkg.rglob("*.py"))}
     data = {s: sha256_file(Path(data_dir) / f"{s}.safetensors") for s in ("train", "eval")}
     return fingerprint(stage, p, data, code, *extra)
 

@@ -17,8 +17,9 @@ def step_range(p: dict, total_steps: int) -> tuple[int, int, int]:
     update lands on end_step and reaches the full target."""
     start = min(int(p["start"] * total_steps), total_steps - 1)
     end = max(start, int(p["end"] * total_steps) - 1)
-    freq = max(1, (end - start) // max(1, p["mask_updates"]))
-    return start, start + ((end - start) // freq) * freq, freq
+    n = min(p["mask_updates"], end - start)  # updates after the first one, at step `start`
+    freq = max(1, (end - start) // max(1, n))
+    return start, start + n * freq, freq
 
 
 def update_steps(p: dict, total_steps: int) -> list[int]:
@@ -52,7 +53,7 @@ def lr_factor(step: int, kind: str, total: int, warmup: int, updates: list[int] 
     if not past:
         return 1.0
     nxt = next((u for u in updates if u > step), tail_from)
-    a = past[-1]
+    a = max(past[-1], warmup)  # a cycle that began during warm-up starts at the end of it
     return 1.0 - (1.0 - REWIND_FLOOR) * (step - a) / max(1, nxt - a)
 
 
