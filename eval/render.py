@@ -105,6 +105,7 @@ def build_context(teacher, prune, compile_, eval_, bench, latency_shape, through
     flags = eval_.get("flags") or [f"{r['model']} {r['backend']}" for r in eval_["results"] if r.get("flagged")]
     return {"task": eval_["task"], "metrics": list(eval_["metrics"]), "tolerance": eval_.get("tolerance"),
             "teacher_score": teacher["score"], "pattern": prune.get("pattern", NA),
+            "selection": {"teacher": teacher.get("selection", NA), "student": prune.get("selection", NA)},
             "target_sparsity": prune.get("target_sparsity"), "encoder_sparsity": removed_weights(prune),
             "hardware": hw, "threads": bench.get("threads"), "versions": env.get("versions", {}),
             "streams": sorted({r["streams"] for r in bench["results"]}),
@@ -207,8 +208,8 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
               "- Sparse speedups need all three: INT8 weights, AMX on the CPU, and weight sparsity above the "
               "decompression rate. Compare ov-int8 with ov-int8-dense for what the sparse kernel alone buys.",
               "- Size MB is 10^6 bytes on disk; gzip MB is what shipping it compressed costs (zeros compress).",
-              "- The dev set also chose each model's best epoch, so its scores are slightly optimistic; the "
-              "backends of one model are compared on equal terms.",
+              f"- Selection: teacher {ctx['selection']['teacher']}, student {ctx['selection']['student']} (last epoch, or best on "
+              "a split of train): the dev set scored here chose no model. A model's backends compare on equal terms.",
               "- Compare runs, experiments or machines with `python -m eval.compare A/bench.json B/bench.json` "
               "(it refuses to put a ratio on pairs that differ in precision, threads, hardware or versions).", ""]
     return "\n".join(parts)

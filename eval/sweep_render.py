@@ -111,8 +111,8 @@ def render(rows: list[dict], wins: list[dict], ctx: dict) -> str:
              "Linear weights for every method (zeros, slimmed channels and dropped layers alike); the whole-model "
              "column adds embeddings, pooler and classifier, which are never pruned. Throughput at batch "
              f"{shape[0]} × seq {shape[1]}, {ctx['threads']} threads, on {ctx['cpu']}; ×teacher torch is the ratio "
-             "to the dense teacher's PyTorch FP32 timed in the same process as the point. Scores are on the dev set "
-             "that also picked each model's best epoch, so they lean optimistic; avg is PyTorch FP32's, the next "
+             "to the dense teacher's PyTorch FP32 timed in the same process as the point. Scores are on the dev set, "
+             "which chose no model (prune.selection); avg is PyTorch FP32's, the next "
              f"column the same model's on {backends[0]}. ★: on that backend's "
              "accuracy-throughput Pareto front (the backend's own score where eval measured it)."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
