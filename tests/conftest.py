@@ -128,3 +128,15 @@ def project(tmp_path, tiny_model_dir, monkeypatch):
         return str(write_params(tmp_path, p or params))
 
     return copy.deepcopy(params), write
+
+
+@pytest.fixture
+def trained(project):
+    """data + a one-epoch teacher on the tiny profile, once per test."""
+    from pipeline import data, teacher
+
+    params, write = project
+    params["teacher"]["epochs"] = 1
+    data.main(write(params))
+    teacher.main(write(params))
+    return params, write

@@ -3,23 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data, prune, teacher
+from pipeline import prune
 from pipeline.core import models
 from pipeline.core.models import load_trained
 from pipeline.training.sparsity import summarize
 from pipeline.core.tokens import Tokens
 from pipeline.training import student as st
 from pipeline.training.loop import predict
-
-
-@pytest.fixture
-def trained(project):
-    """data + teacher once per test on the tiny profile."""
-    params, write = project
-    params["teacher"]["epochs"] = 1
-    data.main(write(params))
-    teacher.main(write(params))
-    return params, write
 
 
 @pytest.mark.parametrize("pattern,target,ptype", [

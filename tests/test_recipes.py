@@ -141,17 +141,6 @@ def test_a_preset_names_the_keys_that_disagree_and_apply_writes_them(tmp_path):
     assert "# pre-softmax attention-score MSE" in path.read_text()  # comments kept
 
 
-@pytest.fixture
-def trained(project):
-    from pipeline import data, teacher
-
-    params, write = project
-    params["teacher"]["epochs"] = 1
-    data.main(write(params))
-    teacher.main(write(params))
-    return params, write
-
-
 def test_movement_and_the_sparsebert_loss_reach_the_target_through_inc(trained):
     from pipeline import prune
 
