@@ -104,7 +104,8 @@ def build_context(teacher, prune, compile_, eval_, bench, latency_shape, through
              if tuple(shape) not in grid]
     flags = eval_.get("flags") or [f"{r['model']} {r['backend']}" for r in eval_["results"] if r.get("flagged")]
     return {"task": eval_["task"], "metrics": list(eval_["metrics"]), "tolerance": eval_.get("tolerance"),
-            "teacher_score": teacher["score"], "pattern": prune.get("pattern", NA),
+            "teacher_score": teacher["score"], "majority_score": teacher.get("baseline_score"),
+            "pattern": prune.get("pattern", NA),
             "selection": {"teacher": teacher.get("selection", NA), "student": prune.get("selection", NA)},
             "target_sparsity": prune.get("target_sparsity"), "encoder_sparsity": removed_weights(prune),
             "hardware": hw, "threads": bench.get("threads"), "versions": env.get("versions", {}),
@@ -149,7 +150,8 @@ def _what_ran(ctx: dict) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in ctx["versions"].items()) or NA
     base, score = ctx["baseline"], "MCC (GLUE's headline)" if "mcc" in ctx["metrics"] else "their mean"
     return [f"- Task: {ctx['task']} (dev set; metrics {', '.join(ctx['metrics'])}; score = {score}; "
-            f"teacher score {ctx['teacher_score']:.4f})",
+            f"teacher score {ctx['teacher_score']:.4f}; always answering the majority class scores "
+            f"{fmt(ctx['majority_score'], '.4f')})",
             f"- Student: pattern {ctx['pattern']}, target sparsity {fmt(ctx['target_sparsity'], '.0%')}, "
             f"encoder Linear weights removed (zeroed or sliced away): {ctx['encoder_sparsity']:.2%}",
             f"- Hardware: {hw.get('cpu')}, {hw.get('physical_cores')} physical cores / {hw.get('logical_cpus')} "

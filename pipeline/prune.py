@@ -21,8 +21,6 @@ from pipeline.training.student import PruneError
 
 HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
             "encoder_remaining_weights", "model_remaining_weights", "selected_epoch", "train_time_s", "wall_time_s")
-TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
-              "padding_efficiency", "train_time_s")
 
 
 def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
@@ -52,7 +50,7 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training import inc, sparsity, student as st
     from pipeline.training.checkpoint import NoExtra, clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
     from pipeline.training.schedule import lr_lambda
     from pipeline.training.teacher_cache import maybe_build
 

@@ -33,7 +33,7 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
-    from pipeline.training.loop import evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
 
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
@@ -57,10 +57,7 @@ def main(params_path: str = "params.yaml") -> dict:
     return write_metrics("teacher", {
         **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,
         "selected_epoch": best.get("epoch", p["epochs"]),
-        "history": result["history"], "steps": result["steps"], "resumed_from_step": result["resumed_from_step"],
-        "train_samples_per_s": result["train_samples_per_s"], "train_tokens_per_s": result["train_tokens_per_s"],
-        "padding_efficiency": result["padding_efficiency"], "train_time_s": result["train_time_s"],
-        "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
+        **{k: result[k] for k in TRAIN_KEYS}, "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
         metrics_dir(params_path), HEADLINE)
 
 

@@ -60,6 +60,8 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     assert "student: 36/38 FC layers on the sparse INT8 kernel; others: weight zeros below the rate: 1" in md
     assert "**GAP > 15%**: student ov-int8 b32×s128" in md
     assert "python -m eval.compare" in md
+    assert "always answering the majority class scores 0.6123" in md  # the baseline beside the scores
+    assert "- Selection: teacher last, student n/a" in md  # the fixture's prune.json predates selection
     assert table_line(capsys.readouterr().out, "student", "ov-int8") == line
 
     assert metrics["rows"] == len(fixture("eval")["results"])

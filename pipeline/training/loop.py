@@ -17,6 +17,9 @@ from pipeline.training.checkpoint import NoExtra, load_checkpoint, save_checkpoi
 from pipeline.training.schedule import lr_lambda
 
 BEST = "best.safetensors"
+# What fit() reports about training that a stage's metrics keep.
+TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
+              "padding_efficiency", "train_time_s")
 
 
 def length_grouped_batches(lengths, batch_size: int, seed: int, group: bool = True, mega: int = 50) -> list:

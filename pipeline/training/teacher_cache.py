@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.core.tokens import Tokens
+from pipeline.training.student import capture_qk
 
 BYTES = 4  # float32: the cached loss equals the live one up to float rounding
 
@@ -45,8 +46,6 @@ class TeacherCache:
     @torch.no_grad()
     def build(cls, teacher, ds: Tokens, layers: list[int], batch_size: int = 64,
               att_layers: list[int] = ()) -> "TeacherCache":
-        from pipeline.training.student import capture_qk
-
         teacher.eval()
         h, n_tok = teacher.config.hidden_size, int(ds.lengths.sum())
         logits = torch.empty(len(ds), teacher.config.num_labels)
