@@ -17,6 +17,8 @@ from pathlib import Path
 from pipeline.core.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
+from pipeline.training.augment import training_rows
+from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
 HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
@@ -50,19 +52,21 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training import inc, sparsity, student as st
     from pipeline.training.checkpoint import NoExtra, clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
-    from pipeline.training.schedule import lr_lambda
+    from pipeline.training.loop import TRAIN_KEYS, autocast, evaluate, fit, selection_sets
     from pipeline.training.teacher_cache import maybe_build
 
+    autocast(p["precision"])  # a CPU without bf16 fails here, before the teacher cache is built
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
+    tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
+    rows, augmented = training_rows(p, train, tokenizer)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False)
     student = st.build_student(p, meta, teacher_dir, teacher)
     st.check_pattern(student, p)
     dense = sparsity.summarize(teacher)
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     t_hidden, t_att = st.teacher_layers(p, mapping)
-    cache, cache_info = maybe_build(teacher, train, t_hidden, p["teacher_cache_mb"], t_att)
+    cache, cache_info = maybe_build(teacher, rows, t_hidden, p["teacher_cache_mb"], t_att)
     loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
     pruning = p["target_sparsity"] > 0
     pruners = []
@@ -75,7 +79,7 @@ def main(params_path: str = "params.yaml") -> dict:
 
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
-        result = fit(student, train, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
+        result = fit(student, rows, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
                      schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent)
         if pruners:
@@ -84,7 +88,7 @@ def main(params_path: str = "params.yaml") -> dict:
         scores = evaluate(student, dev, meta, p["eval_batch_size"])
         teacher_scores = evaluate(teacher, dev, meta, p["eval_batch_size"])
         with atomic_dir(p["out_dir"]) as out:
-            save_model(student, load_tokenizer(str(data_dir / "tokenizer")), out, slimmed=fin["structured"])
+            save_model(student, tokenizer, out, slimmed=fin["structured"])
             write_json(out / "sparsity.json", fin["after"])  # per-layer detail; metrics keep the summary
         clear_checkpoint(p)
     baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
@@ -94,7 +98,7 @@ def main(params_path: str = "params.yaml") -> dict:
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
-        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
+        "augment": augmented, "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
-    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, autocast, evaluate, fit, selection_sets
 
+    autocast(p["precision"])  # a CPU without bf16 fails here, before any work
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
     model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])

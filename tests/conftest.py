@@ -53,7 +53,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 TRAIN = dict(epochs=2, batch_size=16, eval_batch_size=32, learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.1,
              max_grad_norm=1.0, group_by_length=True, threads=1, seed=0, checkpoint_every_steps=4, progress=False,
-             selection="last", selection_split=0.1)
+             selection="last", selection_split=0.1, precision="fp32")
 
 
 def tiny_params(root: Path, model_dir: Path) -> dict:
@@ -69,7 +69,8 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                       recipe="custom", lr_schedule="linear", attention_mse=0.0, last_hidden_mse=0.0,
                       reuse_teacher_head=False, allow_weak_teacher=True,  # a 2-epoch tiny teacher may be weak
                       decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
-                      gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, checkpoint_dir=str(root / "ckpt/prune"),
+                      gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, augment_copies=0, augment_prob=0.15,
+                      checkpoint_dir=str(root / "ckpt/prune"),
                       **{**TRAIN, "epochs": 3}),
         "export": dict(out_dir=str(root / "onnx"), models=["teacher", "student"], exporter="optimum", opset=18,
                        atol=1e-4, parity_batch_sizes=[1, 8], parity_examples=16, threads=1, seed=0),

@@ -22,6 +22,8 @@ BAD = [
     ("prune", "end", 0.0, "prune.end"),
     ("prune", "student_layers", [3, 1], "prune.student_layers"),
     ("prune", "init", "random", "pretrained, teacher"),
+    ("prune", "augment_copies", 2, "augmented copies have no true label"),  # with the tiny alpha_ce 0.5
+    ("prune", "precision", "fp16", "fp32, bf16"),
     ("teacher", "epochs", 0, "teacher.epochs"),
     ("teacher", "group_by_length", "yes", "teacher.group_by_length"),
     ("teacher", "learning_rate", True, "teacher.learning_rate"),

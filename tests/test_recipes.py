@@ -83,6 +83,29 @@ def test_schedule_lands_on_the_requested_phases():
     assert all(b - a == freq for a, b in zip(ups, ups[1:]))
 
 
+def test_cubic_decay_is_zhu_gupta_through_inc_and_cube_is_its_mirror():
+    from types import SimpleNamespace
+
+    from neural_compressor.compression.pruner.schedulers import SCHEDULERS
+
+    from pipeline.training.inc import cubic_sparsity, register_cubic
+
+    assert cubic_sparsity(0.9, 0, 40) == 0.0 and cubic_sparsity(0.9, 40, 40) == pytest.approx(0.9)
+    assert cubic_sparsity(0.9, 20, 40) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    register_cubic()
+    register_cubic()  # idempotent: one subclass, not a chain of them
+
+    def ramp(decay):
+        sched = SCHEDULERS["iterative"](SimpleNamespace(sparsity_decay_type=decay, max_sparsity_ratio_per_op=0.98))
+        return [sched.update_sparsity_ratio(0.9, k, 40, None) for k in range(41)]
+
+    cubic, cube = ramp("cubic"), ramp("cube")
+    assert cubic[-1] == pytest.approx(0.9) and cube[-1] == pytest.approx(0.9)
+    assert cubic[36] > 0.89 > 0.7 > cube[36]  # 90% into the ramp: cubic is nearly done, INC's cube is not
+    assert all(a <= b for a, b in zip(cubic, cubic[1:]))
+    assert ramp("exp") == pytest.approx([1 - 0.1 ** (k / 40) for k in range(41)])  # other decays: INC's own
+
+
 def test_learning_rate_schedules():
     ups, end = update_steps(P, 1000), step_range(P, 1000)[1] + 1
     const = [lr_factor(s, "constant_then_decay", 1000, 50, ups, end) for s in range(1000)]
@@ -146,7 +169,7 @@ def test_movement_and_the_sparsebert_loss_reach_the_target_through_inc(trained):
 
     params, write = trained
     params["prune"].update(pruning_type="movement", target_sparsity=0.8, epochs=2, attention_mse=1.0,
-                           last_hidden_mse=1.0, lr_schedule="rewind", reuse_teacher_head=True)
+                           last_hidden_mse=1.0, lr_schedule="rewind", reuse_teacher_head=True, decay="cubic")
     m = prune.main(write(params))
     assert abs(m["encoder_linear_sparsity"] - 0.8) <= 0.005
     assert m["teacher_cache"]["used"] and m["teacher_cache"]["size_mb"] > 0

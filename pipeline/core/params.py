@@ -96,6 +96,9 @@ def _check_prune(v: dict) -> None:
     weights = ("alpha_ce", "beta_kd", "gamma_hidden", "attention_mse", "last_hidden_mse")
     if sum(v[k] for k in weights) == 0:
         raise ParamsError(f"params: prune.{', prune.'.join(weights)} are all 0: no loss to train")
+    if v["augment_copies"] and v["alpha_ce"]:
+        raise ParamsError(f"params: prune.augment_copies = {v['augment_copies']} with prune.alpha_ce = "
+                          f"{v['alpha_ce']}: augmented copies have no true label; set alpha_ce: 0 (distil only) or augment_copies: 0")
     if bad := mismatches(v):
         raise ParamsError(f"params: prune.recipe = {v['recipe']!r} needs " + ", ".join(
             f"prune.{k} = {want!r} (is {have!r})" for k, (have, want) in bad.items())

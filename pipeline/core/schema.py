@@ -130,6 +130,7 @@ TRAIN = {
     "progress": Key(bool),
     "selection": Key(str, choices=("last", "train_split")),  # the last epoch ships, or the best on a train split
     "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out when selection: train_split
+    "precision": Key(str, choices=("fp32", "bf16")),         # bf16: autocast in training steps; needs bf16 hardware
 }
 
 SCHEMA = {
@@ -165,7 +166,8 @@ SCHEMA = {
         "end": Key(float, lo=0, hi=1),
         "mask_updates": Key(int, lo=1),
         "lr_schedule": Key(str, choices=LR_SCHEDULES),
-        "decay": Key(str, choices=("exp", "cos", "cube", "linear")),
+        # cubic: Zhu & Gupta's s_f(1-(1-t)^3); INC's cube is s_f t^3 (most pruning at the end of the ramp)
+        "decay": Key(str, choices=("exp", "cos", "cube", "cubic", "linear")),
         "excluded": Key(list, item=str),
         "tolerance": Key(float, lo=0, hi=0.5),
         "alpha_ce": Key(float, lo=0),
@@ -177,6 +179,8 @@ SCHEMA = {
         "reuse_teacher_head": Key(bool),
         "allow_weak_teacher": Key(bool),
         "teacher_cache_mb": Key(int, lo=0),
+        "augment_copies": Key(int, lo=0),            # perturbed copies of train to distil on (0 = none)
+        "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
         **TRAIN,
     },
     "export": {

@@ -33,6 +33,7 @@ def attention_pairs(mapping) -> list[tuple[int, int]]:
 
 
 def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool) -> torch.Tensor:
+    student_logits, teacher_logits = student_logits.float(), teacher_logits.float()  # under bf16 autocast too
     if regression:  # no distribution to match: regress onto the teacher's score
         return F.mse_loss(student_logits, teacher_logits)
     t = temperature
@@ -42,9 +43,10 @@ def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool
 
 def hidden_loss(student_hidden, teacher_hidden, mapping, attention_mask) -> torch.Tensor:
     """MSE between mapped hidden states over real (unpadded) tokens only."""
-    mask = attention_mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    mask = attention_mask.unsqueeze(-1).float()
     denom = mask.sum() * student_hidden[0].shape[-1]
-    total = sum(((student_hidden[s] - teacher_hidden[t]) ** 2 * mask).sum() / denom for s, t in mapping)
+    total = sum(((student_hidden[s].float() - teacher_hidden[t].float()) ** 2 * mask).sum() / denom
+                for s, t in mapping)
     return total / len(mapping)
 
 
@@ -64,7 +66,7 @@ def attention_loss(student_qk, teacher_qk, pairs, attention_mask, heads: int) ->
     valid = (m[:, None, :, None] & m[:, None, None, :]).expand(-1, heads, -1, -1)
     total = 0.0
     for s, t in pairs:
-        diff = attention_scores(*student_qk[s], heads) - attention_scores(*teacher_qk[t], heads)
+        diff = attention_scores(*student_qk[s], heads).float() - attention_scores(*teacher_qk[t], heads).float()
         total = total + (diff ** 2)[valid].mean()
     return total / len(pairs)
 
@@ -74,8 +76,8 @@ def distill_loss(student_out, teacher_out, labels, attention_mask, *, weights: d
     """Weighted sum of the terms whose weight is non-zero; returns (loss, each term's value)."""
     parts = {}
     if weights.get("ce"):
-        parts["ce"] = (F.mse_loss(student_out.logits.squeeze(-1), labels.float()) if regression
-                       else F.cross_entropy(student_out.logits, labels))
+        logits = student_out.logits.float()
+        parts["ce"] = F.mse_loss(logits.squeeze(-1), labels.float()) if regression else F.cross_entropy(logits, labels)
     if weights.get("kd"):
         parts["kd"] = kd_loss(student_out.logits, teacher_out.logits, temperature, regression)
     if weights.get("hidden"):

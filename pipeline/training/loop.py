@@ -3,6 +3,7 @@ evaluation, best-epoch keeping, resumable checkpoints (pipeline.training.checkpo
 curves for `dvc plots` (dvclive)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core.common import cpu_info
 from pipeline.core.tasks import compute_metrics
 from pipeline.core.tokens import Tokens, split_off
 from pipeline.training.checkpoint import NoExtra, load_checkpoint, save_checkpoint
@@ -19,7 +21,25 @@ from pipeline.training.schedule import lr_lambda
 BEST = "best.safetensors"
 # What fit() reports about training that a stage's metrics keep.
 TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
-              "padding_efficiency", "train_time_s")
+              "padding_efficiency", "train_time_s", "train_precision")
+# CPU flags of native bf16 matmul kernels; without them oneDNN emulates bf16, slower than fp32.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+class PrecisionError(ValueError):
+    pass
+
+
+def autocast(precision: str, isa=None):
+    """A context factory for the training step's forward pass: fp32 (none), or bf16 autocast, which
+    fails here, before any work, on a CPU without bf16 kernels (no silent fallback to fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    isa = cpu_info()["isa"] if isa is None else isa
+    if not any(f in isa for f in BF16_FLAGS):
+        raise PrecisionError(f"precision: bf16 needs a CPU with one of {', '.join(BF16_FLAGS)}; this one "
+                             f"({cpu_info()['cpu']}) has {', '.join(isa) or 'none of them'}; set precision: fp32")
+    return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def length_grouped_batches(lengths, batch_size: int, seed: int, group: bool = True, mega: int = 50) -> list:
@@ -121,10 +141,11 @@ def _restore(state: dict | None, model, opt, sched, extra) -> Progress:
     return Progress(state["step"], state["history"], state["best"], state["timing"])
 
 
-def _train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict):
+def _train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict, amp):
     t0 = time.perf_counter()
     b = train.batch(idx)
-    loss, parts = loss_fn(model, b, idx)
+    with amp():
+        loss, parts = loss_fn(model, b, idx)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
@@ -146,12 +167,13 @@ def _keep_best(model, pr: Progress, scores: dict, epoch: int, ckpt_dir: Path) ->
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt_dir / BEST))
 
 
-def _summary(pr: Progress, total: int, resumed_from: int, extra) -> dict:
+def _summary(pr: Progress, total: int, resumed_from: int, extra, precision: str) -> dict:
     tm, tt = pr.timing, max(pr.timing["train_s"], 1e-9)
     return {"history": pr.history, "best": pr.best, "steps": total, "resumed_from_step": resumed_from,
             "train_time_s": round(tm["train_s"], 2), "train_samples_per_s": round(tm["samples"] / tt, 2),
             "train_tokens_per_s": round(tm["tokens"] / tt, 1),
-            "padding_efficiency": round(tm["tokens"] / max(tm["padded_tokens"], 1), 4), "extra": extra}
+            "padding_efficiency": round(tm["tokens"] / max(tm["padded_tokens"], 1), 4), "extra": extra,
+            "train_precision": precision}
 
 
 def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stage: str, fp: str,
@@ -169,7 +191,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
-    ckpt_dir = Path(p["checkpoint_dir"])
+    amp, ckpt_dir = autocast(p["precision"]), Path(p["checkpoint_dir"])
     per_epoch = math.ceil(len(train) / p["batch_size"])
     total = per_epoch * p["epochs"]
     opt, sched = make_optimizer(model, p, total, schedule)
@@ -192,7 +214,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
         batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"] + epoch, p["group_by_length"])
         model.train()
         for idx in batches[pr.step - epoch * per_epoch:]:
-            loss, parts = _train_step(model, train, idx, loss_fn, opt, sched, p["max_grad_norm"], pr.timing)
+            loss, parts = _train_step(model, train, idx, loss_fn, opt, sched, p["max_grad_norm"], pr.timing, amp)
             pr.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
@@ -202,8 +224,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
                 checkpoint()
         scores = evaluate(model, dev, meta, p["eval_batch_size"])
         chosen = evaluate(model, select_on, meta, p["eval_batch_size"]) if select_on is not None else None
-        pr.history.append({"epoch": epoch + 1, "step": pr.step, **scores,
-                           **({"selection": chosen} if chosen else {})})
+        pr.history.append({"epoch": epoch + 1, "step": pr.step, **scores, **({"selection": chosen} if chosen else {})})
         if log:
             log(pr.step, {f"eval/{k}": v for k, v in scores.items()})
         if chosen and eligible(pr.step):
@@ -213,4 +234,4 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
     close_log()
     if pr.best is not None:
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
-    return _summary(pr, total, resumed_from, extra)
+    return _summary(pr, total, resumed_from, extra, p["precision"])
