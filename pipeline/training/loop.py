@@ -24,6 +24,7 @@ TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "t
               "padding_efficiency", "train_time_s", "train_precision")
 # CPU flags of native bf16 matmul kernels; without them oneDNN emulates bf16, slower than fp32.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+PHASES = ("forward_loss", "backward", "optimizer_inc")  # a step's parts, as train_step times them
 
 
 class PrecisionError(ValueError):
@@ -141,17 +142,24 @@ def _restore(state: dict | None, model, opt, sched, extra) -> Progress:
     return Progress(state["step"], state["history"], state["best"], state["timing"])
 
 
-def _train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict, amp):
-    t0 = time.perf_counter()
+def train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict, amp,
+               phases: dict | None = None):
+    """One step; adds to `timing`, and with `phases` each phase's milliseconds (step_profile)."""
+    t = [time.perf_counter()]
     b = train.batch(idx)
     with amp():
         loss, parts = loss_fn(model, b, idx)
+    t.append(time.perf_counter())
     loss.backward()
+    t.append(time.perf_counter())
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    timing["train_s"] += time.perf_counter() - t0
+    t.append(time.perf_counter())
+    if phases is not None:
+        phases.update({k: 1000 * (t[i + 1] - t[i]) for i, k in enumerate(PHASES)})
+    timing["train_s"] += t[-1] - t[0]
     timing["samples"] += len(idx)
     timing["tokens"] += int(b["attention_mask"].sum())
     timing["padded_tokens"] += b["input_ids"].numel()
@@ -214,7 +222,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
         batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"] + epoch, p["group_by_length"])
         model.train()
         for idx in batches[pr.step - epoch * per_epoch:]:
-            loss, parts = _train_step(model, train, idx, loss_fn, opt, sched, p["max_grad_norm"], pr.timing, amp)
+            loss, parts = train_step(model, train, idx, loss_fn, opt, sched, p["max_grad_norm"], pr.timing, amp)
             pr.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)

@@ -15,38 +15,17 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import numpy as np
-import torch
 
 from pipeline.core.common import cpu_info, set_threads, write_json
 from pipeline.core.params import load_section, upstream_dir
 from pipeline.training import inc, student as st
 from pipeline.training.distill import layer_map
-from pipeline.training.loop import BF16_FLAGS, autocast, length_grouped_batches, make_optimizer
+from pipeline.training.loop import (BF16_FLAGS, PHASES, Progress, autocast, length_grouped_batches, make_optimizer,
+                                    train_step)
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.teacher_cache import TeacherCache
-
-PHASES = ("forward_loss", "backward", "optimizer_inc")
-
-
-def _timed_step(model, ds, idx, loss_fn, opt, sched, max_grad_norm: float, amp) -> dict:
-    """One training step, as loop.fit takes it, with each phase timed (ms)."""
-    t = [time.perf_counter()]
-    b = ds.batch(idx)
-    with amp():
-        loss, _ = loss_fn(model, b, idx)
-    t.append(time.perf_counter())
-    loss.backward()
-    t.append(time.perf_counter())
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    t.append(time.perf_counter())
-    return {k: 1000 * (t[i + 1] - t[i]) for i, k in enumerate(PHASES)}
-
 
 def time_setup(student0, ds, batches, loss_fn, p: dict, precision: str, warmup: int, total: int) -> dict:
     """Median phase and step times (ms) over `batches` after `warmup` steps, from a copy of student0."""
@@ -54,7 +33,10 @@ def time_setup(student0, ds, batches, loss_fn, p: dict, precision: str, warmup: 
     opt, sched = make_optimizer(model, p, total, lambda n: lr_lambda(p, n, pruning=True))
     pruner = inc.Pruner(model, opt, p, total)
     amp = autocast(precision)
-    rows = [_timed_step(model, ds, idx, loss_fn, opt, sched, p["max_grad_norm"], amp) for idx in batches]
+    rows, timing = [], Progress().timing
+    for idx in batches:
+        rows.append({})
+        train_step(model, ds, idx, loss_fn, opt, sched, p["max_grad_norm"], timing, amp, phases=rows[-1])
     pruner.detach()
     rows = rows[warmup:]
     med = {f"{k}_ms_p50": round(statistics.median(r[k] for r in rows), 2) for k in PHASES}
