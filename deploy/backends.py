@@ -72,16 +72,25 @@ def _ort(precision: str):
     return load
 
 
+def ov_config(compile_config: dict, xml: str, hint: str | None, sparse: bool) -> dict:
+    """The compile stage's configuration for one IR: hint None keeps its precision; the sparse rate
+    applies to the INT8 IR only, and only when `sparse`. Bench, eval and deploy bundles share it."""
+    from deploy.openvino import SPARSE_RATE_KEY
+
+    config = dict(compile_config)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    if not sparse or xml != "int8.xml":
+        config.pop(SPARSE_RATE_KEY, None)
+    return config
+
+
 def _ov(xml: str, hint: str | None, sparse: bool):
     """hint None: the compile stage's configuration (INT8 IR); sparse False drops the sparse rate."""
     def load(paths: ModelPaths, threads: int, streams: int) -> Runner:
         from deploy import openvino as dov
 
-        config = dict(read_json(paths.compiled_dir / "compile_config.json"))
-        if hint:
-            config["INFERENCE_PRECISION_HINT"] = hint
-        if not sparse or xml != "int8.xml":
-            config.pop(dov.SPARSE_RATE_KEY, None)
+        config = ov_config(read_json(paths.compiled_dir / "compile_config.json"), xml, hint, sparse)
         config.update({"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": str(streams),
                        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"})
         compiled = dov.compile_model(paths.compiled_dir / xml, config)

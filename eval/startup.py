@@ -2,7 +2,7 @@
 model through PyTorch + transformers. Each measurement is a fresh process (imports included, as a
 user pays them): wall time to the first prediction and peak resident memory, median of --runs.
 
-    python -m eval.startup bundles/student-int8 models/student [--runs 5]
+    python -m eval.startup bundles/student models/student [--runs 5]
 """
 from __future__ import annotations
 

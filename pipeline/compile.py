@@ -1,11 +1,12 @@
-"""Stage `compile`: OpenVINO IR (FP32, NNCF INT8) for CPUs, onnxruntime INT8 and sessions, edge bundles.
+"""Stage `compile`: OpenVINO IR (FP32, NNCF INT8) for CPUs, onnxruntime INT8 and sessions.
 
     python -m pipeline.compile         # reads the `compile` section of params.yaml
 
 Per model: fp32.xml/.bin, int8.xml/.bin (zeros kept), int8.onnx (ORT dynamic INT8), the OpenVINO
 compile configuration (explicit precision; sparse-weight decompression rate a little below the
 measured sparsity), a per-FC-layer report of the kernel that ran, onnxruntime sessions on the
-providers asked for (no silent fallback), and a torch-free bundle with the INT8 IR.
+providers asked for (no silent fallback). The edge bundles and server repositories are the deploy
+stage's: it picks their format from bench.
 """
 from __future__ import annotations
 
@@ -96,7 +97,6 @@ def main(params_path: str = "params.yaml") -> dict:
         raise FileNotFoundError(f"compile.models {missing}: no ONNX under {onnx_dir}; add them to export.models")
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
-    from deploy.bundle import write_bundle
     from pipeline.core.tokens import feeds, load_inputs
 
     meta, train, dev = load_inputs(data_dir)
@@ -109,15 +109,6 @@ def main(params_path: str = "params.yaml") -> dict:
                                             threads)
                 print(f"[compile] {name}: {results[name]['sparse_fc_layers']}/{results[name]['fc_layers']} FC layers "
                       f"on the sparse kernel; INT8 IR dev {results[name]['int8_ir_dev']}")
-        with atomic_dir(p["bundle_dir"]) as bundles:
-            for name in p["models"]:
-                r, src = results[name], Path(p["out_dir"]) / name
-                write_bundle(bundles / f"{name}-int8", src / "int8.xml", data_dir / "tokenizer",
-                             labels=meta["labels"], problem_type=meta["problem_type"], max_length=meta["max_length"],
-                             compile_config=r["compile_config"],
-                             info={"model": name, "task": meta["task"], "precision": "int8",
-                                   "weight_sparsity": r["weight_sparsity"], "dev_metrics": r["int8_ir_dev"],
-                                   "sparse_fc_layers": r["sparse_fc_layers"], "cpu": cpu_info()})
     return write_metrics("compile", {"models": results, "wall_time_s": round(t.seconds, 2),
                                      "sparse_fc_layers": {m: r["sparse_fc_layers"] for m, r in results.items()}},
                          threads, metrics_dir(params_path), ("sparse_fc_layers", "wall_time_s"))

@@ -17,16 +17,18 @@ from pathlib import Path
 from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, crosscheck_error,
                          plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio, render_markdown,
                          render_table, table_rows)
+from eval.render_deploy import render_deploy
 from pipeline.core.common import Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
 
-INPUTS = ("teacher", "prune", "compile", "eval", "bench")  # metrics/<stage>.json, each written by that stage
+INPUTS = ("teacher", "prune", "compile", "eval", "bench", "deploy")  # metrics/details/<stage>.json, by that stage
 REQUIRED = {
     "teacher": ("score",),
     "prune": ("score", "encoder_linear_sparsity"),
     "compile": ("models",),
     "eval": ("task", "metrics", "results"),
     "bench": ("results",),
+    "deploy": ("models", "repositories"),
 }
 ROW_KEYS = {
     "eval": ("model", "backend", "precision", "score"),
@@ -105,8 +107,8 @@ def headline(rows: list[dict], bench: dict, latency_shape, throughput_shape) -> 
             "sparse_on_off_x_latency_shape": _num(on_off(latency_shape))}
 
 
-def write_report(out: Path, rows: list[dict], ctx: dict, bench: dict, throughput_shape) -> None:
-    (out / "report.md").write_text(render_markdown(rows, ctx))
+def write_report(out: Path, rows: list[dict], ctx: dict, bench: dict, throughput_shape, deploy: dict) -> None:
+    (out / "report.md").write_text(render_markdown(rows, ctx) + "\n".join(render_deploy(deploy)))
     plot_accuracy_vs_throughput(rows, out / "accuracy_vs_throughput.png", throughput_shape)
     plot_throughput_by_backend(bench, out / "throughput.png")
     for name, records in plot_data(rows, bench).items():
@@ -118,12 +120,12 @@ def main(params_path: str = "params.yaml") -> dict:
     lat, tput = p["latency_shape"], p["throughput_shape"]
     with Timer() as t:
         docs = load_inputs(metrics_dir(params_path))
-        args = [docs[s] for s in INPUTS]
+        args = [docs[s] for s in INPUTS if s != "deploy"]
         rows, ctx = table_rows(*args, lat, tput), build_context(*args, lat, tput)
         for note in ctx["notes"] + [f"{r['model']} {r['backend']}: {m}" for r in rows for m in r["asked_vs_ran"]]:
             print(f"[report] warning: {note}", file=sys.stderr)
         with atomic_dir(p["out_dir"]) as out:
-            write_report(out, rows, ctx, docs["bench"], tput)
+            write_report(out, rows, ctx, docs["bench"], tput, docs["deploy"])
     print(render_table(rows, ctx))
     return write_metrics("report", {
         "rows": len(rows), "latency_shape": lat, "throughput_shape": tput,

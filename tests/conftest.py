@@ -74,7 +74,7 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                       **{**TRAIN, "epochs": 3}),
         "export": dict(out_dir=str(root / "onnx"), models=["teacher", "student"], exporter="optimum", opset=18,
                        atol=1e-4, parity_batch_sizes=[1, 8], parity_examples=16, threads=1, seed=0),
-        "compile": dict(out_dir=str(root / "compiled"), bundle_dir=str(root / "bundles"), models=["teacher", "student"],
+        "compile": dict(out_dir=str(root / "compiled"), models=["teacher", "student"],
                         calibration_samples=16, inference_precision="f32", sparse_rate_margin=0.02,
                         min_sparse_rate=0.5, ort_providers=["cpu"], allow_fallback=False, trt_fp16_enable=False,
                         trt_int8_enable=False, trt_sparsity_enable=False, trt_engine_cache_path=str(root / "trt"),
@@ -84,6 +84,9 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
         "bench": dict(models=["student"], backends=["torch-fp32", "ort-int8", "ov-int8", "ov-int8-dense"],
                       batch_sizes=[1, 4], seq_lens=[8, 16], streams=[1, 2], warmup_iters=1, min_iters=3,
                       max_seconds=0.05, rounds=2, threads=1, crosscheck_shapes=[[1, 16]], crosscheck_seconds=1, seed=0),
+        "deploy": dict(bundle_dir=str(root / "bundles"), out_dir=str(root / "serving"), models=["student"],
+                       target="auto", shape=[4, 16], string_input=True, parity_atol=1e-3, latency_tokens=8,
+                       max_batch_size=8, threads=1),
         "report": dict(out_dir=str(root / "reports"), latency_shape=[1, 8], throughput_shape=[4, 16]),
     }
 
@@ -97,7 +100,7 @@ def write_params(root: Path, params: dict) -> Path:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory, tiny_model_dir):
     """The whole tiny pipeline run once (1x1 student at 80%): (params, params_path, metrics by stage)."""
-    from pipeline import compile as compile_, data, eval as eval_, export, prune, report, teacher
+    from pipeline import compile as compile_, data, deploy, eval as eval_, export, prune, report, teacher
 
     root = tmp_path_factory.mktemp("built")
     params = tiny_params(root, tiny_model_dir)
@@ -113,6 +116,7 @@ def built(tmp_path_factory, tiny_model_dir):
         subprocess.run([sys.executable, "-m", "pipeline.bench", path], check=True, capture_output=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
         metrics["bench"] = json.loads((root / "metrics" / "details" / "bench.json").read_text())
+        metrics["deploy"] = deploy.main(path)
         metrics["report"] = report.main(path)
     finally:
         os.chdir(cwd)

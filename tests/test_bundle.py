@@ -34,6 +34,10 @@ def export_ir(model, out: Path) -> Path:
     return xml
 
 
+def ir_files(xml: Path) -> dict:
+    return {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+
+
 @pytest.fixture(scope="module")
 def built(tiny_model_dir, tmp_path_factory):
     """(torch model, HF tokenizer, bundle dir) for a 2-label classifier."""
@@ -46,8 +50,8 @@ def built(tiny_model_dir, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.save_pretrained(out / "tok")
     xml = export_ir(model, out)
-    write_bundle(out / "bundle", xml, out / "tok", labels=["negative", "positive"], problem_type="classification",
-                 max_length=MAX_LENGTH, compile_config=F32, info=INFO)
+    write_bundle(out / "bundle", "openvino", ir_files(xml), out / "tok", labels=["negative", "positive"],
+                 problem_type="classification", max_length=MAX_LENGTH, runtime_config=F32, info=INFO)
     return model, tok, out / "bundle"
 
 
@@ -83,34 +87,38 @@ def test_manifest_lists_every_file_with_its_hash(built):
 
     root = built[2]
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["format"] == "kasp-bundle/1" and manifest["model"] == "tiny-bert"
+    assert manifest["format"] == "kasp-bundle/2" and manifest["model"] == "tiny-bert"
+    assert manifest["engine"] == "openvino" and (root / "runner.py").read_text().startswith('"""Run a kasp')
+    assert [r.split("==")[0] for r in manifest["requirements"]] == ["numpy", "openvino", "tokenizers"]
+    assert (root / "requirements.txt").read_text().split() == manifest["requirements"]
     assert set(manifest["files"]) == {p.name for p in root.iterdir()} - {"manifest.json"}
     assert all(sha256_file(root / n) == h for n, h in manifest["files"].items())
     assert json.loads((root / "labels.json").read_text()) == {
         "labels": ["negative", "positive"], "problem_type": "classification", "max_length": MAX_LENGTH}
-    assert json.loads((root / "compile_config.json").read_text()) == F32
+    assert json.loads((root / "runtime_config.json").read_text()) == F32
 
 
 def test_missing_tokenizer_leaves_nothing_behind(built, tmp_path):
     xml = built[2] / "model.xml"
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        write_bundle(tmp_path / "out", xml, tmp_path / "nowhere", labels=None, problem_type="regression",
-                     max_length=MAX_LENGTH, compile_config={}, info={})
+        write_bundle(tmp_path / "out", "openvino", ir_files(xml), tmp_path / "nowhere", labels=None,
+                     problem_type="regression", max_length=MAX_LENGTH, runtime_config={}, info={})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failure_while_writing_leaves_nothing_behind(built, tmp_path):
     tok_dir = built[2]  # holds a tokenizer.json, which is all the writer reads from the tokenizer dir
     with pytest.raises(TypeError):  # not JSON-serialisable: fails inside the atomic block, after the copies
-        write_bundle(tmp_path / "out", built[2] / "model.xml", tok_dir, labels=None, problem_type="regression",
-                     max_length=MAX_LENGTH, compile_config={}, info={"bad": object()})
+        write_bundle(tmp_path / "out", "openvino", ir_files(built[2] / "model.xml"), tok_dir, labels=None,
+                     problem_type="regression", max_length=MAX_LENGTH, runtime_config={}, info={"bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_rejects_non_string_compile_config(built, tmp_path):
     with pytest.raises(TypeError, match="CPU_SPARSE"):
-        write_bundle(tmp_path / "out", built[2] / "model.xml", built[2], labels=None, problem_type="regression",
-                     max_length=MAX_LENGTH, compile_config={"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.88}, info={})
+        write_bundle(tmp_path / "out", "openvino", ir_files(built[2] / "model.xml"), built[2], labels=None,
+                     problem_type="regression", max_length=MAX_LENGTH,
+                     runtime_config={"CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": 0.88}, info={})
     assert not (tmp_path / "out").exists()
 
 
@@ -172,7 +180,7 @@ def test_regression_bundle_scores(built, tmp_path):
 
 
 def test_bad_compile_config_is_a_one_line_bundle_error(built, tmp_path):
-    root = rewritten(built[2], tmp_path / "b", "compile_config.json", {"NO_SUCH_PROPERTY": "1"})
+    root = rewritten(built[2], tmp_path / "b", "runtime_config.json", {"NO_SUCH_PROPERTY": "1"})
     with pytest.raises(BundleError, match="NO_SUCH_PROPERTY") as err:
         Bundle(root)
     assert "\n" not in str(err.value)
@@ -197,7 +205,8 @@ def _edit_labels(d):
 
 @pytest.mark.parametrize("edit,name", [(_flip_bin, "model.bin"), (_unlist_tokenizer, "tokenizer.json"),
                                        (_edit_labels, "labels.json"),
-                                       (lambda d: (d / "compile_config.json").unlink(), "compile_config.json")])
+                                       (lambda d: (d / "runtime_config.json").unlink(), "runtime_config.json"),
+                                       (lambda d: (d / "runner.py").write_text("print('not kasp')"), "runner.py")])
 def test_tampered_bundle_is_refused(built, tmp_path, monkeypatch, edit, name):
     import openvino as ov
 
@@ -244,3 +253,24 @@ def test_runner_needs_no_torch_or_transformers(built):
     res = subprocess.run([sys.executable, "-c", code, str(built[2])], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_copied_bundle_runs_from_its_own_folder(built, tmp_path):
+    """The folder alone: its runner.py, run from the folder with no kasp checkout on the path."""
+    dst = shutil.copytree(built[2], tmp_path / "edge")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "runner.py", "--text", SENTENCES[0]], cwd=dst, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["label"] == Bundle(built[2]).predict([SENTENCES[0]])[0]["label"]
+
+
+def test_unknown_engine_and_wrong_files_are_refused(built, tmp_path):
+    xml = built[2] / "model.xml"
+    with pytest.raises(ValueError, match="engine 'tensorflow'"):
+        write_bundle(tmp_path / "a", "tensorflow", ir_files(xml), built[2], labels=None, problem_type="regression",
+                     max_length=8, runtime_config={}, info={})
+    with pytest.raises(ValueError, match="model.onnx"):
+        write_bundle(tmp_path / "b", "onnxruntime", ir_files(xml), built[2], labels=None, problem_type="regression",
+                     max_length=8, runtime_config={"providers": ["CPUExecutionProvider"]}, info={})
+    assert list(tmp_path.iterdir()) == []

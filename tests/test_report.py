@@ -58,6 +58,9 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     assert "FLAGGED BACKENDS" in md and fixture("eval")["flags"][0] in md
     assert "| student | ort-int8 **FLAGGED** |" in md
     assert "student: 36/38 FC layers on the sparse INT8 kernel; others: weight zeros below the rate: 1" in md
+    shipped = fixture("deploy")["models"]["student"]
+    assert f"- **student**: `{shipped['target']}` (auto: fastest within eval's tolerance" in md
+    assert all(f"`{c['target']}` ({c['backend']})" in md for c in shipped["choice"]["candidates"])
     assert "**GAP > 15%**: student ov-int8 b32×s128" in md
     assert "python -m eval.compare" in md
     assert "always answering the majority class scores 0.6123" in md  # the baseline beside the scores

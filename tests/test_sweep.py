@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def sweep_doc(base: dict, points: dict) -> dict:
     doc = copy.deepcopy(base)
     for section, keys in (("prune", ("out_dir", "checkpoint_dir")), ("export", ("out_dir",)),
-                          ("compile", ("out_dir", "bundle_dir", "trt_engine_cache_path")), ("report", ("out_dir",))):
+                          ("compile", ("out_dir", "trt_engine_cache_path")), ("report", ("out_dir",))):
         for k in keys:  # the point stages' own outputs must be relative to land in each point's folder
             doc[section][k] = f"{section}_{k}"
     doc["sweep"] = {

@@ -110,6 +110,7 @@ def _shape(v):
 
 
 # Kept here (not imported from deploy.backends) so validation never imports a runtime.
+TARGET_CHOICES = ("auto", "openvino-int8", "openvino-fp32", "onnxruntime-int8", "onnxruntime-fp32")  # deploy.target
 BACKENDS = ("torch-fp32", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-dense")
 PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, short names
 MODELS = tuple(MODEL_STAGES)  # the deployable models
@@ -196,7 +197,6 @@ SCHEMA = {
     },
     "compile": {
         "out_dir": Key(str, path=True),
-        "bundle_dir": Key(str, path=True),
         "models": Key(list, item=str, check=_models),
         "calibration_samples": Key(int, lo=1),
         "inference_precision": Key(str, choices=("f32", "bf16")),
@@ -233,6 +233,18 @@ SCHEMA = {
         "crosscheck_shapes": Key(list, item=list),
         "crosscheck_seconds": Key(int, lo=1),
         "seed": Key(int, lo=0),
+    },
+    "deploy": {
+        "bundle_dir": Key(str, path=True),
+        "out_dir": Key(str, path=True),
+        "models": Key(list, item=str, check=_models),
+        "target": Key(str, choices=TARGET_CHOICES),
+        "shape": Key(list, item=int, check=_shape),
+        "string_input": Key(bool),
+        "parity_atol": Key(float, lo=0, hi=1),
+        "latency_tokens": Key(int, lo=2),
+        "max_batch_size": Key(int, lo=1),
+        "threads": Key(int, lo=0),
     },
     "report": {
         "out_dir": Key(str, path=True),
