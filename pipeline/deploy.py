@@ -55,8 +55,11 @@ def fused_model(tokenizer_dir: Path, xml: Path, rows: list, max_length: int, ato
         print(f"[deploy] keeping the token-in model: {e}", file=sys.stderr)
         return None, {"fused": False, "why_not": str(e)}
     gate = parity(tok, fused, xml, hf, rows, max_length, atol)
-    if not gate["passed"]:
-        raise RuntimeError(f"deploy: the fused tokenizer+IR fails its parity gate on {xml}: {gate}")
+    if not gate["passed"]:  # e.g. openvino-tokenizers breaks longest_first ties in pairs the other way
+        why = (f"parity gate failed on {xml.name}: {gate['token_mismatch_rows']} of {gate['rows']} dev rows "
+               f"tokenized unlike the HF tokenizer, logits max |diff| {gate['logits_max_abs_diff']:.2g}")
+        print(f"[deploy] keeping the token-in model: {why}", file=sys.stderr)
+        return None, {"fused": False, "why_not": why, "parity": gate}
     ov.save_model(fused, str(out / "model.xml"), compress_to_fp16=False)
     return out / "model.xml", {"fused": True, "pairs": pairs, "parity": gate}
 

@@ -167,3 +167,40 @@ def test_triton_config_parses_with_the_real_schema(serving):
     assert accel.name == "tensorrt" and accel.parameters["precision_mode"] == "FP32"
     with pytest.raises(text_format.ParseError):
         text_format.Parse("max_batch_size: 8\nno_such_field: 1", mc.ModelConfig())
+
+
+def test_pair_tasks_fuse_two_string_inputs_and_the_bundle_answers_pairs(built, tmp_path):
+    """MRPC-style pairs: `text` and `text_pair` inputs; ids, type ids and logits as the token-in path."""
+    import openvino as ov
+
+    from deploy.bundle import write_bundle
+    from deploy.runner import Bundle
+    from deploy.tokenizer import convert, fuse, parity
+    from pipeline.deploy import dev_rows
+
+    params, _, _ = built
+    data, xml = Path(params["data"]["out_dir"]), Path(params["compile"]["out_dir"]) / "student" / "int8.xml"
+    texts = [t for t, _ in dev_rows(data)]
+    rows = list(zip(texts, texts[1:] + texts[:1]))
+    short, hf = convert(data / "tokenizer", True, 24)
+    gate = parity(short, fuse(short, xml), xml, hf, rows, 24, 1e-3)
+    # Truncated pairs of equal length: HF keeps one more token of the second text, openvino-tokenizers
+    # of the first. The gate sees it (deploy then ships the token-in bundle and says why).
+    assert not gate["passed"] and 0 < gate["token_mismatch_rows"] < len(rows)
+    tok, hf = convert(data / "tokenizer", True, 64)  # the demo's pairs fit: no truncation
+    fused = fuse(tok, xml)
+    gate = parity(tok, fused, xml, hf, rows, 64, 1e-3)
+    assert gate["passed"] and gate["token_mismatch_rows"] == 0, gate
+    ov.save_model(fused, str(tmp_path / "model.xml"), compress_to_fp16=False)
+    common = dict(labels=["negative", "positive"], problem_type="classification", max_length=64,
+                  runtime_config={"INFERENCE_PRECISION_HINT": "f32"}, info={"model": "student", "pairs": True})
+    write_bundle(tmp_path / "text", "openvino-text", {"model.xml": tmp_path / "model.xml",
+                                                     "model.bin": tmp_path / "model.bin"}, None, **common)
+    write_bundle(tmp_path / "tokens", "openvino", {"model.xml": xml, "model.bin": xml.with_suffix(".bin")},
+                 data / "tokenizer", **common)
+    a, b = Bundle(tmp_path / "text"), Bundle(tmp_path / "tokens")
+    assert a.input_names == ["text", "text_pair"]
+    firsts, seconds = [t for t, _ in rows[:10]], [p for _, p in rows[:10]]
+    assert abs(a.logits(firsts, seconds) - b.logits(firsts, seconds)).max() < 1e-3
+    with pytest.raises(ValueError, match="pairs"):
+        a.logits(firsts)
