@@ -116,8 +116,9 @@ def build_bundles(model: str, target: dict, p: dict, dirs: dict, meta: dict, row
         xml, fused = (fused_model(dirs["tokenizer"], source, rows, meta["max_length"], p["parity_atol"], tmp)
                       if p["string_input"] else (None, {"fused": False, "why_not": "deploy.string_input is false"}))
         record["string_input"] = fused
-        if xml is None:
-            write_bundle(out / model, "openvino", token_files, dirs["tokenizer"], **common, info=info)
+        if xml is None:  # the manifest says why the bundle is not string-in
+            write_bundle(out / model, "openvino", token_files, dirs["tokenizer"], **common,
+                         info={**info, "string_input": fused})
             return record
         write_bundle(out / model, "openvino-text", {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}, None,
                      **common, info={**info, "string_input": fused})
