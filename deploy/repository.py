@@ -56,8 +56,7 @@ def validate_ovms(root: Path) -> list[dict]:
         try:
             compiled = ov.Core().compile_model(str(xml), c.get("target_device", "CPU"), c["plugin_config"])
         except RuntimeError as e:
-            cause = [line for line in str(e).splitlines() if line.strip()][-1:] or [""]
-            raise RepositoryError(f"{xml}: does not compile with plugin_config {c['plugin_config']}: {cause[0]}") from e
+            raise RepositoryError(f"{xml}: does not compile with plugin_config {c['plugin_config']}: {_cause(e)}") from e
         got = {k: _property_text(compiled.get_property(k)) for k in c["plugin_config"]}
         wrong = {k: (v, got[k]) for k, v in c["plugin_config"].items() if not _same_property(v, got[k])}
         if wrong:
@@ -89,8 +88,12 @@ def _one_inference(compiled, xml: Path) -> None:
     try:
         compiled(feed)
     except RuntimeError as e:
-        cause = [line for line in str(e).splitlines() if line.strip()][-1:] or [""]
-        raise RepositoryError(f"{xml}: compiles but fails its first inference: {cause[0]}") from e
+        raise RepositoryError(f"{xml}: compiles but fails its first inference: {_cause(e)}") from e
+
+
+def _cause(e: Exception) -> str:
+    """OpenVINO nests a C++ trace; its last non-empty line is the cause."""
+    return next((line for line in reversed(str(e).splitlines()) if line.strip()), "unknown error")
 
 
 def triton_config(name: str, platform: str, inputs: dict, outputs: dict, max_batch_size: int,

@@ -183,11 +183,11 @@ def check_inputs(p: dict, params_path: str) -> tuple[dict, dict]:
                                                       "ort_config.json")), dirs["export"] / m / "model.onnx"):
             if not f.is_file():
                 raise FileNotFoundError(f"deploy.models: {m} has no {f}; add it to export.models and compile.models")
-    for stage in ("bench", "eval"):
-        if not details_path(metrics_dir(params_path), stage).is_file():
-            raise FileNotFoundError(f"deploy needs {details_path(metrics_dir(params_path), stage)}: run {stage} first")
-    bench = read_json(details_path(metrics_dir(params_path), "bench"))
-    evals = read_json(details_path(metrics_dir(params_path), "eval"))["results"]
+    found = {s: details_path(metrics_dir(params_path), s) for s in ("bench", "eval")}
+    for stage, path in found.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"deploy needs {path}: run {stage} first")
+    bench, evals = read_json(found["bench"]), read_json(found["eval"])["results"]
     targets = {m: {**choose(p["target"], m, tuple(p["shape"]), bench["results"], evals), "bench_cpu": bench["hardware"]}
                for m in p["models"]}
     return dirs, targets
@@ -210,9 +210,9 @@ def main(params_path: str = "params.yaml") -> dict:
                 results[m].update(repositories(m, p, dirs, bundles / m, meta, rows, serving))
                 print(f"[deploy] {m}: {target['target']} ({target['reason']})")
             checks = {"ovms": repo.validate_ovms(serving / "ovms"), "triton": repo.validate_triton(serving / "triton")}
-    return write_metrics("deploy", {"models": results, "repositories": checks, "wall_time_s": round(t.seconds, 2),
-                                    "bundle_bytes": {m: r["bundle_size"]["bytes"] for m, r in results.items()},
-                                    }, threads, metrics_dir(params_path), ("bundle_bytes", "wall_time_s"))
+    record = {"models": results, "repositories": checks, "wall_time_s": round(t.seconds, 2),
+              "bundle_bytes": {m: r["bundle_size"]["bytes"] for m, r in results.items()}}
+    return write_metrics("deploy", record, threads, metrics_dir(params_path), ("bundle_bytes", "wall_time_s"))
 
 
 if __name__ == "__main__":
