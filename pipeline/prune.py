@@ -1,6 +1,7 @@
 """Stage `prune`: prune at distilling (SparseBERT's knowledge-aware sparse pruning).
 
     python -m pipeline.prune           # reads the `prune` section of params.yaml
+    torchrun --nproc_per_node 2 -m pipeline.prune [params.yaml]         # data-parallel (prune.launcher)
 
 The student starts from the pre-trained checkpoint (or the teacher) and is sparsified on INC's
 schedule while it learns from the fine-tuned teacher's logits and hidden states, so it keeps
@@ -17,6 +18,7 @@ from pathlib import Path
 from pipeline.core.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
+from pipeline.training import device
 from pipeline.training.augment import training_rows
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
@@ -40,27 +42,45 @@ def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
     return q
 
 
+def pruner_hook(p: dict, acc, pruning: bool):
+    """fit()'s `prepare`: INC's pruner on the model and Accelerate's optimizer, its mask hashes checked
+    across ranks at every update. Returns (prepare, [the pruner once built], [agreed mask hashes])."""
+    from pipeline.training import inc
+    from pipeline.training.checkpoint import NoExtra
+
+    pruners, synced = [], []
+
+    def prepare(model, optimizer, total_steps):
+        if not pruning:  # pure distillation, e.g. a layer-dropped student
+            return NoExtra()
+        pruners.append(inc.Pruner(model, optimizer, p, total_steps,
+                                  on_update=lambda masks, step: synced.append(device.check_in_sync(acc, masks, step))))
+        return pruners[0]
+
+    return prepare, pruners, synced
+
+
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("prune", params_path)
     data_dir, teacher_dir = upstream_dir("data", params_path), upstream_dir("teacher", params_path)
     quality = check_teacher(teacher_dir, p["allow_weak_teacher"])
+    placement, acc = device.setup(p, "prune")  # a missing CUDA or bf16 fails here, before the teacher cache
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from pipeline.core.models import load_tokenizer, load_trained, save_model, weights_sha256
     from pipeline.core.tasks import baseline_scores
     from pipeline.core.tokens import load_inputs
-    from pipeline.training import inc, sparsity, student as st
-    from pipeline.training.checkpoint import NoExtra, clear_checkpoint, run_fingerprint
+    from pipeline.training import sparsity, student as st
+    from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import TRAIN_KEYS, autocast, evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
     from pipeline.training.teacher_cache import maybe_build
 
-    autocast(p["precision"])  # a CPU without bf16 fails here, before the teacher cache is built
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
-    teacher = load_trained(teacher_dir).eval().requires_grad_(False)
+    teacher = load_trained(teacher_dir).eval().requires_grad_(False).to(acc.device)
     student = st.build_student(p, meta, teacher_dir, teacher)
     st.check_pattern(student, p)
     dense = sparsity.summarize(teacher)
@@ -69,21 +89,18 @@ def main(params_path: str = "params.yaml") -> dict:
     cache, cache_info = maybe_build(teacher, rows, t_hidden, p["teacher_cache_mb"], t_att)
     loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
     pruning = p["target_sparsity"] > 0
-    pruners = []
-
-    def prepare(optimizer, total_steps):
-        if not pruning:  # pure distillation, e.g. a layer-dropped student
-            return NoExtra()
-        pruners.append(inc.Pruner(student, optimizer, p, total_steps))
-        return pruners[0]
-
+    prepare, pruners, synced = pruner_hook(p, acc, pruning)
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
         result = fit(student, rows, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
-                     schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent)
+                     schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
+                     acc=acc, placement=placement)
         if pruners:
             pruners[0].detach()
+        synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too
+        if not acc.is_main_process:  # rank 0 alone finalizes, scores, saves and writes metrics
+            return device.finish(acc, result)
         fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"])
         scores = evaluate(student, dev, meta, p["eval_batch_size"])
         teacher_scores = evaluate(teacher, dev, meta, p["eval_batch_size"])
@@ -92,13 +109,16 @@ def main(params_path: str = "params.yaml") -> dict:
             write_json(out / "sparsity.json", fin["after"])  # per-layer detail; metrics keep the summary
         clear_checkpoint(p)
     baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
-    return write_metrics("prune", {
+    metrics = write_metrics("prune", {
         **scores, **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         **{f"baseline_{k}": v for k, v in baseline.items()}, "teacher": teacher_scores, "teacher_quality": quality,
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
-        "augment": augmented, "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
+        "augment": augmented, "mask_sync": {"checks": len(synced), "final_digest": synced[-1]},
+        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
+    device.finish(acc)
+    return metrics
 
 
 if __name__ == "__main__":

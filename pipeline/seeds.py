@@ -28,23 +28,36 @@ SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a see
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
 
 
+def percent(sparsity: float) -> str:
+    return f"{round(sparsity * 100, 2):g}"
+
+
 def run_name(sparsity: float, seed: int) -> str:
-    return f"{round(sparsity * 100, 2):g}-s{seed}"
+    return f"{percent(sparsity)}-s{seed}"
+
+
+def sparsity_overrides(overrides: dict, sparsity: float) -> dict:
+    """seeds.overrides' prune keys for this target (keys are percent, as YAML may read them as numbers)."""
+    return next((dict(x) for k, x in overrides.items() if f"{float(k):g}" == percent(sparsity)), {})
 
 
 def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path) -> dict:
-    """The params of one run: the base prune section with this seed and target, writing in run_dir."""
+    """The params of one run: the base prune section with this target's overrides, this seed and
+    target, writing in run_dir."""
     out = {s: relocate(s, validate(s, doc[s]), base_dir, run_dir) for s in SHARED}
     prune = relocate("prune", validate("prune", doc["prune"]), base_dir, base_dir, inside=True)
-    out["prune"] = validate("prune", {**prune, "seed": seed, "target_sparsity": sparsity, "progress": False})
+    extra = sparsity_overrides(doc["seeds"]["overrides"], sparsity)
+    out["prune"] = validate("prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False})
     return out
 
 
-def run_record(m: dict, seed: int) -> dict:
-    """What seeds.json keeps of one run's metrics/prune.json."""
-    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
+def run_record(m: dict, seed: int, epochs: int, verified: bool) -> dict:
+    """What seeds.json keeps of one run's metrics/prune.json. inputs_verified is false for a run reused
+    on its params alone (seeds.reuse: params): its data, teacher and code were not checked."""
+    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"], "epochs": epochs,
             **{k: m[k] for k in KEYS if k in m}, "selection": m["selection"],
-            "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"]}
+            "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],
+            "inputs_verified": verified}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -72,16 +85,31 @@ def inputs_fingerprint(params: Path) -> str:
     return run_fingerprint("prune", prune, data_dir, weights_sha256(str(upstream_dir("teacher", params))))
 
 
+def reusable(params: Path, stamp: Path, done: Path, rdoc: dict, reuse: str) -> bool | None:
+    """True: finished with the same inputs (stamp); False: finished with the same params, inputs not
+    checked (reuse: params, e.g. a fresh clone that has the committed metrics but no stamp); None: run it."""
+    if not done.is_file():
+        return None
+    if stamp.is_file() and params.is_file() and stamp.read_text() == inputs_fingerprint(params):
+        return True
+    same = params.is_file() and yaml.safe_load(params.read_text()) == rdoc
+    return False if reuse == "params" and same else None
+
+
 def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
     run_dir = Path(p["out_dir"]) / run_name(sparsity, seed)
     params, stamp = run_dir / "params.yaml", run_dir / "inputs.sha256"
-    write_params(params, run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir), "seeds")
-    done, fp = details_path(run_dir / "metrics", "prune"), inputs_fingerprint(params)
+    rdoc = run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir)
+    done = details_path(run_dir / "metrics", "prune")
+    verified = reusable(params, stamp, done, rdoc, p["reuse"])
+    write_params(params, rdoc, "seeds")
     seconds = 0.0
-    if not (done.is_file() and stamp.is_file() and stamp.read_text() == fp):
+    if verified is None:
+        stamp.unlink(missing_ok=True)
         seconds = run_stage("prune", params, run_name(sparsity, seed), by="seeds")
-        stamp.write_text(fp)
-    return run_record(read_json(done), seed), seconds
+        stamp.write_text(inputs_fingerprint(params))
+        verified = True
+    return run_record(read_json(done), seed, rdoc["prune"]["epochs"], verified), seconds
 
 
 def main(params_path: str = "params.yaml") -> dict:

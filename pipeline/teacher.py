@@ -1,6 +1,7 @@
 """Stage `teacher`: fine-tune the dense teacher on the tokenized task.
 
     python -m pipeline.teacher         # reads the `teacher` section of params.yaml
+    torchrun --nproc_per_node 2 -m pipeline.teacher [params.yaml]       # data-parallel (teacher.launcher)
 
 Output (teacher.out_dir): a save_pretrained directory (safetensors + tokenizer) holding the last epoch,
 or with `teacher.selection: train_split` the best one on a split carved from train (never the dev set
@@ -27,22 +28,26 @@ def task_loss(model, batch, idx):
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("teacher", params_path)
     data_dir = upstream_dir("data", params_path)
+    from pipeline.training import device
+
+    placement, acc = device.setup(p, "teacher")  # a missing CUDA or bf16 fails here, before any work
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
     from pipeline.core.models import load_classifier, load_tokenizer, resolve_model, save_model
     from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
-    from pipeline.training.loop import TRAIN_KEYS, autocast, evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
 
-    autocast(p["precision"])  # a CPU without bf16 fails here, before any work
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
     model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
         result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, select_on=select_on,
-                     log_root=metrics_dir(params_path).parent)
+                     log_root=metrics_dir(params_path).parent, acc=acc, placement=placement)
+        if not acc.is_main_process:  # rank 0 alone scores, saves and writes metrics
+            return device.finish(acc, result)
         scores = evaluate(model, dev, meta, p["eval_batch_size"])
         baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
         q = teacher_quality(scores, baseline, p["min_margin"])
@@ -55,11 +60,13 @@ def main(params_path: str = "params.yaml") -> dict:
               f"answering the majority class (margin {q['margin_over_baseline']:+.4f} < teacher.min_margin "
               f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true", file=sys.stderr)
     best = result["best"] or {}
-    return write_metrics("teacher", {
+    metrics = write_metrics("teacher", {
         **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,
         "selected_epoch": best.get("epoch", p["epochs"]),
         **{k: result[k] for k in TRAIN_KEYS}, "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
         metrics_dir(params_path), HEADLINE)
+    device.finish(acc)
+    return metrics
 
 
 if __name__ == "__main__":

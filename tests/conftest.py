@@ -53,7 +53,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 TRAIN = dict(epochs=2, batch_size=16, eval_batch_size=32, learning_rate=1e-3, weight_decay=0.01, warmup_ratio=0.1,
              max_grad_norm=1.0, group_by_length=True, threads=1, seed=0, checkpoint_every_steps=4, progress=False,
-             selection="last", selection_split=0.1, precision="fp32")
+             selection="last", selection_split=0.1, precision="fp32", device="cpu",
+             allow_fallback=False, launcher="python")
 
 
 def tiny_params(root: Path, model_dir: Path) -> dict:

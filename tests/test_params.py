@@ -23,7 +23,9 @@ BAD = [
     ("prune", "student_layers", [3, 1], "prune.student_layers"),
     ("prune", "init", "random", "pretrained, teacher"),
     ("prune", "augment_copies", 2, "augmented copies have no true label"),  # with the tiny alpha_ce 0.5
-    ("prune", "precision", "fp16", "fp32, bf16"),
+    ("prune", "precision", "fp8", "fp32, bf16, fp16"),
+    ("prune", "device", "tpu", "auto, cpu, cuda"),
+    ("teacher", "launcher", "deepspeed", "python, torchrun, accelerate launch"),
     ("teacher", "epochs", 0, "teacher.epochs"),
     ("teacher", "group_by_length", "yes", "teacher.group_by_length"),
     ("teacher", "learning_rate", True, "teacher.learning_rate"),
@@ -52,7 +54,8 @@ def valid_sections() -> dict:
     doc["sweep"] = {"out_dir": "points", "overrides": {"prune": {"epochs": 2}},
                     "points": {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5}}}
     doc["sweep_report"] = {"out_dir": "report", "backends": ["ov-int8"], "shape": [4, 16]}
-    doc["seeds"] = {"out_dir": "seeds", "seeds": [0, 1], "target_sparsities": [0.9]}
+    doc["seeds"] = {"out_dir": "seeds", "seeds": [0, 1], "target_sparsities": [0.9], "overrides": {"90": {"epochs": 2}},
+                    "reuse": "verified"}
     return doc
 
 

@@ -1,31 +1,62 @@
-"""`precision: bf16`: autocast in training steps where the CPU has bf16 kernels, a clear error elsewhere."""
+"""Device and precision (pipeline.training.device): what runs is decided before any model loads, a
+missing CUDA or bf16 is a clear error unless allow_fallback, and Accelerate's autocast does the bf16."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.training import loop
+from pipeline.training import device
+from pipeline.training.device import PrecisionError, resolve
 from pipeline.training.distill import layer_map
-from pipeline.training.loop import PrecisionError, autocast
 from pipeline.training.student import make_loss
 from tests.test_distill import P, ragged, tiny_bert  # noqa: F401  (ragged is a fixture)
 
+BF16_CPU, AVX2 = ["avx2", "avx512_bf16"], ["avx2"]
 
-def test_fp32_is_no_autocast():
-    with autocast("fp32", isa=[])():
-        assert not torch.is_autocast_enabled("cpu")
+
+def ask(dev="cpu", prec="fp32", fallback=False) -> dict:
+    return {"device": dev, "precision": prec, "allow_fallback": fallback}
+
+
+def test_what_was_asked_runs_where_the_machine_has_it():
+    assert resolve(ask("auto", "bf16"), isa=BF16_CPU, cuda=False) == device.Placement("cpu", "bf16", "auto/bf16", None)
+    assert resolve(ask("auto", "fp32"), isa=AVX2, cuda=True).device == "cuda"
+    assert resolve(ask("cpu", "fp32"), isa=AVX2, cuda=True).device == "cpu"
+
+
+@pytest.mark.parametrize("dev, prec, isa, match", [
+    ("cuda", "fp32", AVX2, r"device: cuda.*no CUDA device.*set device: cpu"),
+    ("cpu", "bf16", AVX2, r"precision: bf16.*avx512_bf16.*has avx2.*set precision: fp32"),
+    ("cpu", "fp16", BF16_CPU, r"fp16 mixed precision is a GPU feature"),
+    ("auto", "fp16", BF16_CPU, r"device: auto, precision: fp16"),
+])
+def test_a_missing_device_or_precision_fails_naming_the_key(dev, prec, isa, match):
+    with pytest.raises(PrecisionError, match=match):
+        resolve(ask(dev, prec), isa=isa, cuda=False)
+
+
+def test_fallback_runs_what_the_machine_has_and_says_why():
+    got = resolve(ask("cuda", "bf16", fallback=True), isa=AVX2, cuda=False)
+    assert (got.device, got.precision, got.asked) == ("cpu", "fp32", "cuda/bf16")
+    assert "no CUDA device" in got.fallback and "avx512_bf16" in got.fallback
+    assert got.record() == {"train_device": "cpu", "train_precision": "fp32", "train_asked": "cuda/bf16",
+                            "train_fallback": got.fallback}
+    kept = resolve(ask("cuda", "bf16", fallback=True), isa=BF16_CPU, cuda=False)
+    assert (kept.device, kept.precision) == ("cpu", "bf16") and "avx512_bf16" not in kept.fallback
+
+
+def test_fp32_accelerator_does_not_autocast():
+    acc = device.accelerator(resolve(ask(), isa=AVX2, cuda=False))
+    with acc.autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_bf16_without_bf16_kernels_names_the_key_and_the_flags():
-    with pytest.raises(PrecisionError, match=r"precision: bf16 needs .*avx512_bf16.*has avx2"):
-        autocast("bf16", isa=["avx2"])
-
-
-def test_bf16_autocast_runs_matmuls_in_bf16():
-    with autocast("bf16", isa=["avx2", "avx512_bf16"])():
+def test_bf16_accelerator_runs_matmuls_in_bf16_and_a_later_one_can_be_fp32():
+    with device.accelerator(device.Placement("cpu", "bf16", "cpu/bf16", None)).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with device.accelerator(device.Placement("cpu", "fp32", "cpu/fp32", None)).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
 def test_bf16_loss_is_fp32_and_close_to_the_fp32_loss(ragged):  # noqa: F811
@@ -33,7 +64,7 @@ def test_bf16_loss_is_fp32_and_close_to_the_fp32_loss(ragged):  # noqa: F811
     loss_fn = make_loss(teacher, P, False, layer_map(2, 2))
     idx = np.arange(12)
     ref, ref_parts = loss_fn(student, ragged.batch(idx), idx)
-    with autocast("bf16", isa=["amx_bf16"])():
+    with device.accelerator(device.Placement("cpu", "bf16", "cpu/bf16", None)).autocast():
         low, low_parts = loss_fn(student, ragged.batch(idx), idx)
     assert low.dtype == torch.float32  # every term is reduced in fp32
     assert low.item() == pytest.approx(ref.item(), rel=0.05)
@@ -44,7 +75,7 @@ def test_teacher_refuses_bf16_before_any_work(project, monkeypatch):
     from pipeline import data, teacher
 
     params, write = project
-    monkeypatch.setattr(loop, "cpu_info", lambda: {"cpu": "test CPU", "isa": ["avx2"]})
+    monkeypatch.setattr(device, "cpu_info", lambda: {"cpu": "test CPU", "isa": ["avx2"]})
     params["teacher"]["precision"] = "bf16"
     data.main(write(params))
     with pytest.raises(PrecisionError, match="test CPU"):
@@ -52,15 +83,15 @@ def test_teacher_refuses_bf16_before_any_work(project, monkeypatch):
     assert not Path(params["teacher"]["out_dir"]).exists() and not Path(params["teacher"]["checkpoint_dir"]).exists()
 
 
-def test_prune_refuses_bf16_before_the_teacher_cache(trained, monkeypatch):
+def test_prune_refuses_cuda_before_the_teacher_cache(trained, monkeypatch):
     from pipeline import prune
     from pipeline.training import teacher_cache
 
     params, write = trained
-    monkeypatch.setattr(loop, "cpu_info", lambda: {"cpu": "test CPU", "isa": ["avx2"]})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(teacher_cache, "maybe_build", lambda *a, **k: pytest.fail("cache built before the check"))
-    params["prune"]["precision"] = "bf16"
-    with pytest.raises(PrecisionError, match="precision: bf16"):
+    params["prune"]["device"] = "cuda"
+    with pytest.raises(PrecisionError, match="device: cuda"):
         prune.main(write(params))
 
 

@@ -210,7 +210,7 @@ def test_seeds_summarise_each_sparsity_over_its_runs(trained):
     params, write = trained
     params["prune"]["epochs"] = 1
     params["seeds"] = {"out_dir": str(Path(params["data"]["out_dir"]).parent / "seeds"), "seeds": [0, 1],
-                       "target_sparsities": [0.5]}
+                       "target_sparsities": [0.5], "overrides": {}, "reuse": "verified"}
     m = seeds.main(write(params))
     runs = m["runs"]
     assert [(r["seed"], r["target_sparsity"]) for r in runs] == [(0, 0.5), (1, 0.5)]
@@ -221,3 +221,38 @@ def test_seeds_summarise_each_sparsity_over_its_runs(trained):
     assert s["delta_score"]["min"] <= s["delta_score"]["mean"] <= s["delta_score"]["max"]
     again = seeds.main(write(params))  # finished runs are reused, not retrained
     assert again["runs"] == runs and again["prune_wall_time_s"] == 0
+
+
+def test_seeds_overrides_per_sparsity_and_reuse_on_params(trained):
+    """A longer recipe at one sparsity is stated in seeds.overrides; a run whose stamp is gone (a fresh
+    clone) is reused on its params alone only with reuse: params, and says its inputs were not verified."""
+    from pipeline import seeds
+
+    params, write = trained
+    params["prune"]["epochs"] = 1
+    out = Path(params["data"]["out_dir"]).parent / "seeds"
+    params["seeds"] = {"out_dir": str(out), "seeds": [0], "target_sparsities": [0.5, 0.6],
+                       "overrides": {"60": {"epochs": 2}}, "reuse": "params"}
+    m = seeds.main(write(params))
+    assert [(r["target_sparsity"], r["epochs"], r["inputs_verified"]) for r in m["runs"]] == [(0.5, 1, True),
+                                                                                             (0.6, 2, True)]
+    for stamp in out.glob("*/inputs.sha256"):
+        stamp.unlink()
+    params["seeds"]["overrides"] = {"60": {"epochs": 1}}  # 60% now differs in its params: it is retrained
+    again = seeds.main(write(params))
+    assert [(r["epochs"], r["inputs_verified"]) for r in again["runs"]] == [(1, False), (1, True)]
+    assert again["runs"][0]["accuracy"] == m["runs"][0]["accuracy"]
+
+
+def test_seeds_overrides_must_name_a_listed_sparsity():
+    from pipeline.core.params import ParamsError, validate
+
+    ok = {"out_dir": "s", "seeds": [0], "target_sparsities": [0.9, 0.95], "overrides": {"95": {"epochs": 16}},
+          "reuse": "verified"}
+    assert validate("seeds", ok) == ok
+    with pytest.raises(ParamsError, match=r"seeds.overrides names \['80'\], not in seeds.target_sparsities"):
+        validate("seeds", {**ok, "overrides": {"80": {"epochs": 16}}})
+    with pytest.raises(ParamsError, match="may not set seed or target_sparsity"):
+        validate("seeds", {**ok, "overrides": {"95": {"seed": 3}}})
+    with pytest.raises(ParamsError, match="unknown or path key"):
+        validate("seeds", {**ok, "overrides": {"95": {"out_dir": "x"}}})

@@ -37,10 +37,12 @@ def physical_cores() -> int:
 
 
 def set_threads(threads: int) -> int:
-    """0 means one thread per physical core: hyper-threads slow GEMM-bound training down."""
+    """0 means one thread per physical core (shared among a data-parallel run's processes on this
+    machine, LOCAL_WORLD_SIZE as torchrun and accelerate launch set it): hyper-threads and
+    oversubscribed cores slow GEMM-bound training down."""
     import torch
 
-    n = threads or physical_cores()
+    n = threads or max(1, physical_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(n)
     return n
 
@@ -134,6 +136,8 @@ def write_metrics(stage: str, metrics: dict, threads: int | None, metrics_dir: P
     """Two files: metrics_dir/details/<stage>.json holds everything, with the environment that produced
     it; metrics_dir/<stage>.json holds only the `headline` keys present (task metrics, deltas, sparsity,
     ratios, wall time), so `dvc metrics show` and `dvc exp show` fit a terminal. Returns the full record."""
+    if int(os.environ.get("RANK", "0")):  # set by torchrun / accelerate launch
+        raise RuntimeError(f"rank {os.environ['RANK']} tried to write metrics/{stage}.json; only rank 0 writes")
     full = {**metrics, "env": env_info(threads)}
     write_json(details_path(metrics_dir, stage), full)
     write_json(Path(metrics_dir) / f"{stage}.json", {k: metrics[k] for k in headline if k in metrics})

@@ -105,7 +105,14 @@ def _check_prune(v: dict) -> None:
             + f"; run `python -m pipeline.training.recipes {v['recipe']} <params.yaml>` or set prune.recipe: custom")
 
 
-CROSS_CHECKS = {"data": _check_data, "prune": _check_prune}
+def _check_seeds(v: dict) -> None:
+    listed = {f"{round(s * 100, 2):g}" for s in v["target_sparsities"]}
+    if stray := sorted(str(k) for k in v["overrides"] if f"{float(k):g}" not in listed):
+        raise ParamsError(f"params: seeds.overrides names {stray}, not in seeds.target_sparsities "
+                          f"(in percent: {sorted(listed)})")
+
+
+CROSS_CHECKS = {"data": _check_data, "prune": _check_prune, "seeds": _check_seeds}
 
 
 def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:

@@ -104,6 +104,26 @@ def _sparsity_list(v):
         return "must be a non-empty list of distinct target sparsities in [0, 1)"
 
 
+def _sparsity_overrides(v):
+    """seeds.overrides: {"95": {epochs: 16}}: prune keys for the runs at one target sparsity (in percent,
+    as the run folders name it), so a longer recipe at a higher sparsity is stated, not hand-run."""
+    if bad := [k for k in v if not re.fullmatch(r"\d+(\.\d+)?", str(k)) or not 0 <= float(k) < 100]:
+        return f"keys {bad} must be target sparsities in percent, as the run folders name them (e.g. '95')"
+    fixed = [k for k, x in v.items() if isinstance(x, dict) and {"seed", "target_sparsity"} & set(x)]
+    if fixed:
+        return f"overrides for {fixed} may not set seed or target_sparsity: seeds.seeds and seeds.target_sparsities do"
+    return next((f"{k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
+
+
+LAUNCHERS = ("python", "torchrun", "accelerate launch")
+
+
+def _launcher(v):
+    if not any(v == x or v.startswith(x + " ") for x in LAUNCHERS):
+        return (f"must start with one of: {', '.join(LAUNCHERS)} (e.g. 'torchrun --nproc_per_node 2'); "
+                "dvc.yaml appends `-m pipeline.<stage>`")
+
+
 def _shape(v):
     if len(v) != 2 or any(i < 1 for i in v):
         return "must be [batch_size, sequence_length]"
@@ -131,7 +151,10 @@ TRAIN = {
     "progress": Key(bool),
     "selection": Key(str, choices=("last", "train_split")),  # the last epoch ships, or the best on a train split
     "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out when selection: train_split
-    "precision": Key(str, choices=("fp32", "bf16")),         # bf16: autocast in training steps; needs bf16 hardware
+    "precision": Key(str, choices=("fp32", "bf16", "fp16")), # mixed precision through Accelerate; fp16 on GPUs only
+    "device": Key(str, choices=("auto", "cpu", "cuda")),      # auto: CUDA when one is visible
+    "allow_fallback": Key(bool),                              # run what the machine has (recorded) instead of failing
+    "launcher": Key(str, check=_launcher),                    # dvc.yaml runs `<launcher> -m pipeline.<stage>`
 }
 
 SCHEMA = {
@@ -260,6 +283,8 @@ SCHEMA = {
         "out_dir": Key(str, path=True),
         "seeds": Key(list, item=int, check=_seed_list),
         "target_sparsities": Key(list, item=float, check=_sparsity_list),
+        "overrides": Key(dict, check=_sparsity_overrides),
+        "reuse": Key(str, choices=("verified", "params")),
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),

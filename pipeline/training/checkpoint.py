@@ -21,15 +21,17 @@ def save_checkpoint(ckpt_dir: Path, state: dict) -> None:
     os.replace(tmp, ckpt_dir / CKPT)
 
 
-def load_checkpoint(ckpt_dir: Path, fp: str) -> dict | None:
-    """The checkpoint if it belongs to this run (same fingerprint); a stale one is removed."""
+def load_checkpoint(ckpt_dir: Path, fp: str, remove_stale: bool = True) -> dict | None:
+    """The checkpoint if it belongs to this run (same fingerprint); a stale one is removed (by one
+    process only, in a data-parallel run: the others pass remove_stale=False)."""
     path = ckpt_dir / CKPT
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != fp:
-        print(f"[{ckpt_dir}] checkpoint is from other params or inputs; starting fresh")
-        shutil.rmtree(ckpt_dir)
+        if remove_stale:
+            print(f"[{ckpt_dir}] checkpoint is from other params or inputs; starting fresh")
+            shutil.rmtree(ckpt_dir)
         return None
     return state
 

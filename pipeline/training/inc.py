@@ -101,7 +101,8 @@ def pruning_configs(model, p: dict, total_steps: int) -> list[dict]:
 class Pruner:
     """INC pruning attached to a model and optimizer, with checkpointable state."""
 
-    def __init__(self, model, optimizer, p: dict, total_steps: int):
+    def __init__(self, model, optimizer, p: dict, total_steps: int, on_update=None):
+        """`on_update(masks, step)` runs after each of INC's mask updates (the data-parallel mask check)."""
         from neural_compressor import WeightPruningConfig
         from neural_compressor.compression.pruner import prepare_pruning
 
@@ -117,6 +118,30 @@ class Pruner:
         torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide
         self.pruning.on_train_begin()
         self.end_step = step_range(p, total_steps)[1]
+        if on_update is not None:
+            self._after_updates(on_update)
+
+    def masks(self) -> dict:
+        """Every pruner's masks by name (weight masks; head masks for INC's attention-head pruner)."""
+        return {f"{i}.{kind}.{name}": m for i, pr in enumerate(self.pruning.pruners)
+                for kind in ("masks", "head_masks") if isinstance(getattr(pr, kind, None), dict)
+                for name, m in getattr(pr, kind).items() if torch.is_tensor(m)}
+
+    def _after_updates(self, on_update) -> None:
+        """Wrap INC's optimizer step: a change of its completed-update count means the masks were
+        just updated. detach() restores INC's saved original step, so this goes with INC's hook."""
+        inc_step, opt = self.optimizer.step, self.optimizer
+        done = lambda: sum(getattr(pr, "completed_pruned_cnt", 0) for pr in self.pruning.pruners)  # noqa: E731
+        seen = [done()]
+
+        def step(*args, **kwargs):
+            out = inc_step(*args, **kwargs)
+            if done() != seen[0]:
+                seen[0] = done()
+                on_update(self.masks(), max(getattr(pr, "global_step", 0) for pr in self.pruning.pruners))
+            return out
+
+        opt.step = step
 
     def state_dict(self) -> dict:
         state = []

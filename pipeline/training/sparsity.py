@@ -22,6 +22,11 @@ def layer_sparsity(model) -> dict[str, dict]:
     return out
 
 
+def zero_masks(model) -> dict[str, torch.Tensor]:
+    """Where each encoder Linear weight is non-zero: what pruning left, as a mask per layer."""
+    return {name: m.weight.detach() != 0 for name, m in encoder_linears(model).items()}
+
+
 def summarize(model, dense_encoder_weights: int | None = None) -> dict:
     """Sparsity figures for metrics files; `dense_encoder_weights` counts slimmed-away weights as removed."""
     layers = layer_sparsity(model)

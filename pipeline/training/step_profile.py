@@ -20,23 +20,23 @@ import numpy as np
 
 from pipeline.core.common import cpu_info, set_threads, write_json
 from pipeline.core.params import load_section, upstream_dir
-from pipeline.training import inc, student as st
+from pipeline.training import device, inc, student as st
 from pipeline.training.distill import layer_map
-from pipeline.training.loop import (BF16_FLAGS, PHASES, Progress, autocast, length_grouped_batches, make_optimizer,
-                                    train_step)
+from pipeline.training.loop import PHASES, Progress, length_grouped_batches, make_optimizer, train_step
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.teacher_cache import TeacherCache
 
 def time_setup(student0, ds, batches, loss_fn, p: dict, precision: str, warmup: int, total: int) -> dict:
     """Median phase and step times (ms) over `batches` after `warmup` steps, from a copy of student0."""
+    acc = device.accelerator(device.resolve({**p, "device": "cpu", "precision": precision, "allow_fallback": False}))
     model = copy.deepcopy(student0).train()
     opt, sched = make_optimizer(model, p, total, lambda n: lr_lambda(p, n, pruning=True))
+    model, opt = acc.prepare(model, opt)
     pruner = inc.Pruner(model, opt, p, total)
-    amp = autocast(precision)
     rows, timing = [], Progress().timing
     for idx in batches:
         rows.append({})
-        train_step(model, ds, idx, loss_fn, opt, sched, p["max_grad_norm"], timing, amp, phases=rows[-1])
+        train_step(model, ds, idx, loss_fn, opt, sched, p["max_grad_norm"], timing, acc, phases=rows[-1])
     pruner.detach()
     rows = rows[warmup:]
     med = {f"{k}_ms_p50": round(statistics.median(r[k] for r in rows), 2) for k in PHASES}
@@ -66,7 +66,7 @@ def profile(params_path: str, steps: int, warmup: int) -> dict:
     total = len(batches) * 1000  # these steps are the first of a long run: no mask update falls in them
     setups = {"live": (live, "fp32"), "cache": (cached, "fp32")}
     isa = cpu_info()["isa"]
-    if any(f in isa for f in BF16_FLAGS):
+    if any(f in isa for f in device.BF16_FLAGS):
         setups["cache+bf16"] = (cached, "bf16")
     res = {name: time_setup(student, ds, batches, fn, p, prec, warmup, total) for name, (fn, prec) in setups.items()}
     base = res["live"]["step_ms_p50"]
@@ -74,7 +74,7 @@ def profile(params_path: str, steps: int, warmup: int) -> dict:
             "loss_weights": st.loss_weights(p), "setups": res,
             "teacher_forward_ms_p50": round(base - res["cache"]["step_ms_p50"], 2),
             "speedup_vs_live": {k: round(base / v["step_ms_p50"], 3) for k, v in res.items()},
-            "bf16": "measured" if "cache+bf16" in res else f"not measured: no {' or '.join(BF16_FLAGS)} on this CPU"}
+            "bf16": "measured" if "cache+bf16" in res else f"not measured: no {' or '.join(device.BF16_FLAGS)} on this CPU"}
 
 
 def main(argv=None) -> dict:

@@ -94,6 +94,7 @@ def capture_qk(model, layers: list[int]):
     """Within the block, {layer: [q, k]}: the query and key projections of those encoder layers at
     every forward (the attention term is built from them)."""
     out, handles = {}, []
+    model = getattr(model, "module", model)  # the model inside a DDP wrapper
     enc = getattr(model, model.base_model_prefix).encoder.layer
     for i in layers:
         att = enc[i].attention.self
@@ -117,7 +118,7 @@ def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
     def loss_fn(student, batch, idx):
         labels = batch.pop("labels")
         if cache is not None:
-            t_out = cache.outputs(idx, batch["input_ids"].shape[1])
+            t_out = cache.outputs(idx, batch["input_ids"].shape[1], batch["input_ids"].device)
             t_qk = t_out.qk
         else:
             with torch.no_grad(), capture_qk(teacher, t_att) as t_qk:

@@ -52,13 +52,14 @@ class TeacherCache:
         hidden = {t: torch.empty(n_tok, h) for t in layers}
         qk = {t: (torch.empty(n_tok, h), torch.empty(n_tok, h)) for t in att_layers}
         order = np.argsort(-ds.lengths, kind="stable")  # similar lengths together: little padding
+        dev = next(teacher.parameters()).device
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             b = ds.batch(idx)
             b.pop("labels")
             with capture_qk(teacher, list(att_layers)) as got:
-                out = teacher(**b, output_hidden_states=bool(layers))
-            logits[idx] = out.logits.float()
+                out = teacher(**{k: v.to(dev) for k, v in b.items()}, output_hidden_states=bool(layers))
+            logits[idx] = out.logits.float().cpu()
             for row, j in enumerate(idx):
                 a, e = ds.offsets[j], ds.offsets[j + 1]
                 for t in layers:
@@ -67,12 +68,14 @@ class TeacherCache:
                     qk[t][0][a:e], qk[t][1][a:e] = got[t][0][row, : e - a], got[t][1][row, : e - a]
         return cls(logits, hidden, qk, ds.offsets)
 
-    def outputs(self, idx, width: int) -> SimpleNamespace:
+    def outputs(self, idx, width: int, device="cpu") -> SimpleNamespace:
         """What a live teacher forward gives for these examples, padded to `width` (zeros at padded
-        positions): `.logits`, `.hidden_states[t]` per cached layer and `.qk[t] = (q, k)` per attention layer."""
-        hs = {t: _pad(flat, self.offsets, idx, width) for t, flat in self.hidden.items()}
-        qk = {t: (_pad(q, self.offsets, idx, width), _pad(k, self.offsets, idx, width)) for t, (q, k) in self.qk.items()}
-        return SimpleNamespace(logits=self.logits[torch.as_tensor(np.asarray(idx))], hidden_states=hs, qk=qk)
+        positions): `.logits`, `.hidden_states[t]` per cached layer and `.qk[t] = (q, k)` per attention
+        layer, on `device` (the cache itself stays in host memory)."""
+        pad = lambda flat: _pad(flat, self.offsets, idx, width).to(device)  # noqa: E731
+        hs = {t: pad(flat) for t, flat in self.hidden.items()}
+        qk = {t: (pad(q), pad(k)) for t, (q, k) in self.qk.items()}
+        return SimpleNamespace(logits=self.logits[torch.as_tensor(np.asarray(idx))].to(device), hidden_states=hs, qk=qk)
 
 
 def maybe_build(teacher, ds: Tokens, layers: list[int], limit_mb: float,
