@@ -86,14 +86,15 @@ def inputs_fingerprint(params: Path) -> str:
 
 
 def reusable(params: Path, stamp: Path, done: Path, rdoc: dict, reuse: str) -> bool | None:
-    """True: finished with the same inputs (stamp); False: finished with the same params, inputs not
-    checked (reuse: params, e.g. a fresh clone that has the committed metrics but no stamp); None: run it."""
-    if not done.is_file():
-        return None
-    if stamp.is_file() and params.is_file() and stamp.read_text() == inputs_fingerprint(params):
-        return True
+    """True: finished with these params and the same inputs (stamp); False: finished with these params
+    and no stamp (a fresh clone), inputs not checked, only with reuse: params; None: run it. A stamp
+    that no longer matches (teacher retrained, code changed) always means run it."""
     same = params.is_file() and yaml.safe_load(params.read_text()) == rdoc
-    return False if reuse == "params" and same else None
+    if not (done.is_file() and same):
+        return None
+    if stamp.is_file():
+        return True if stamp.read_text() == inputs_fingerprint(params) else None
+    return False if reuse == "params" else None
 
 
 def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
@@ -117,6 +118,8 @@ def main(params_path: str = "params.yaml") -> dict:
     doc = yaml.safe_load(Path(params_path).read_text())
     base = load_section("teacher", params_path)
     runs, stage_s = [], 0.0
+    for sparsity in p["target_sparsities"]:  # every run's params are valid before any run trains
+        run_doc(doc, sparsity, p["seeds"][0], Path(params_path).parent, Path(p["out_dir"]) / "check")
     with Timer() as t:
         for sparsity in p["target_sparsities"]:
             for seed in p["seeds"]:

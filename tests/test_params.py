@@ -25,6 +25,7 @@ BAD = [
     ("prune", "augment_copies", 2, "augmented copies have no true label"),  # with the tiny alpha_ce 0.5
     ("prune", "precision", "fp8", "fp32, bf16, fp16"),
     ("prune", "device", "tpu", "auto, cpu, cuda"),
+    ("prune", "precision", "fp16", "prune.precision = 'fp16' with prune.target_sparsity > 0"),
     ("teacher", "launcher", "deepspeed", "python, torchrun, accelerate launch"),
     ("teacher", "epochs", 0, "teacher.epochs"),
     ("teacher", "group_by_length", "yes", "teacher.group_by_length"),

@@ -93,6 +93,10 @@ def _check_prune(v: dict) -> None:
         if v["target_sparsity"] > n / m:
             raise ParamsError(f"params: prune.target_sparsity = {v['target_sparsity']} exceeds N/M = {n / m} "
                               f"for prune.pattern = {v['pattern']!r}")
+    if v["precision"] == "fp16" and v["target_sparsity"] > 0:
+        raise ParamsError("params: prune.precision = 'fp16' with prune.target_sparsity > 0: INC scores the "
+                          "gradients before fp16's loss scaler skips an overflow step, so one overflow turns "
+                          "its scores into NaN for the rest of the run; use bf16 or fp32 for pruning")
     weights = ("alpha_ce", "beta_kd", "gamma_hidden", "attention_mse", "last_hidden_mse")
     if sum(v[k] for k in weights) == 0:
         raise ParamsError(f"params: prune.{', prune.'.join(weights)} are all 0: no loss to train")

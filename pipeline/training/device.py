@@ -84,7 +84,11 @@ def accelerator(placement: Placement):
     # Accelerate keeps one mixed precision per process; a process may run several stages (the tests,
     # step_profile), so its precision state is reset. The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(cpu=placement.device == "cpu", mixed_precision=MIXED[placement.precision])
+    acc = Accelerator(cpu=placement.device == "cpu", mixed_precision=MIXED[placement.precision])
+    if acc.device.type != placement.device:  # e.g. `accelerate launch --cpu` (ACCELERATE_USE_CPU) with device: cuda
+        raise PrecisionError(f"device: {placement.device} was asked for, but the launcher placed this process on "
+                             f"{acc.device.type}; drop the launcher's --cpu or set device: cpu")
+    return acc
 
 
 def setup(p: dict, section: str):

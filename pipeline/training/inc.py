@@ -41,7 +41,7 @@ def register_movement() -> None:
         def __init__(self, modules, config, pattern):
             super().__init__(modules, config, pattern)
             for key, mod in modules.items():
-                zeros = torch.zeros(mod.weight.shape, dtype=torch.float32)
+                zeros = torch.zeros_like(mod.weight, dtype=torch.float32)  # on the weight's device
                 self.scores[key] = pattern.reduce_score(zeros, key) if hasattr(pattern, "reduce_score") else zeros
 
         def on_before_optimizer_step(self):
@@ -131,17 +131,19 @@ class Pruner:
         """Wrap INC's optimizer step: a change of its completed-update count means the masks were
         just updated. detach() restores INC's saved original step, so this goes with INC's hook."""
         inc_step, opt = self.optimizer.step, self.optimizer
-        done = lambda: sum(getattr(pr, "completed_pruned_cnt", 0) for pr in self.pruning.pruners)  # noqa: E731
-        seen = [done()]
+        self._seen = self._updates_done()
 
         def step(*args, **kwargs):
             out = inc_step(*args, **kwargs)
-            if done() != seen[0]:
-                seen[0] = done()
+            if self._updates_done() != self._seen:
+                self._seen = self._updates_done()
                 on_update(self.masks(), max(getattr(pr, "global_step", 0) for pr in self.pruning.pruners))
             return out
 
         opt.step = step
+
+    def _updates_done(self) -> int:
+        return sum(getattr(pr, "completed_pruned_cnt", 0) for pr in self.pruning.pruners)
 
     def state_dict(self) -> dict:
         state = []
@@ -159,12 +161,12 @@ class Pruner:
     def load_state_dict(self, state: dict) -> None:
         for pr, s in zip(self.pruning.pruners, state["pruners"]):
             for k, v in s.items():
-                if k == "scores":
-                    pr.criterion.scores.update(v)
-                elif k in _TENSOR_DICTS:
-                    getattr(pr, k).update(v)
+                if k == "scores" or k in _TENSOR_DICTS:  # checkpoints load on the CPU; back to each tensor's device
+                    into = pr.criterion.scores if k == "scores" else getattr(pr, k)
+                    into.update({n: t.to(into[n].device) if n in into else t for n, t in v.items()})
                 else:
                     setattr(pr, k, v)
+        self._seen = self._updates_done()  # the restored count is not a new update
 
     def detach(self) -> None:
         """Remove INC's hooks so saving and later forwards are plain PyTorch."""
