@@ -260,3 +260,27 @@ def test_methods_fall_in_sparsebert_groups():
                                   "block 4x1", "layer-drop + unstructured")] == [
         "Without pruning", "Structural pruning", "Structural pruning", "Sparse pruning", "Sparse pruning",
         "Sparse pruning", "Structural + sparse"]
+
+
+def test_gpu_slots_give_side_by_side_workers_different_gpus(tmp_path):
+    """dvc queue workers on a GPU machine: each stage run holds one GPU's lock; a third waits for one."""
+    import threading
+
+    from pipeline.core.runs import gpu_slot
+
+    with gpu_slot(0) as none:
+        assert none == {}
+    with gpu_slot(2, tmp_path) as a, gpu_slot(2, tmp_path) as b:
+        assert {a["CUDA_VISIBLE_DEVICES"], b["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
+        got = []
+
+        def take():
+            with gpu_slot(2, tmp_path, wait_s=0.05) as slot:
+                got.append(slot)
+
+        third = threading.Thread(target=take)
+        third.start()
+        third.join(0.3)
+        assert third.is_alive() and not got  # both GPUs taken: it waits
+    third.join(5)
+    assert got and got[0]["CUDA_VISIBLE_DEVICES"] in ("0", "1")

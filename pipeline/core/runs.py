@@ -3,9 +3,12 @@ generated params.yaml whose shared sections point at the base run's outputs and 
 write inside its folder; each stage then runs in its own process."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +50,41 @@ def run_stage(stage: str, params: Path, run: str, by: str = "sweep") -> float:
     print(f"[{by}] {run}: {stage}", flush=True)
     root = str(Path(__file__).resolve().parents[2])  # the stages import `pipeline` from wherever this runs
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", str(params)], env=env, check=False)
+    with gpu_slot() as gpu:
+        proc = subprocess.run([sys.executable, "-m", f"pipeline.{stage}", str(params)], env={**env, **gpu},
+                              check=False)
     if proc.returncode:
         raise RuntimeError(f"{by} run {run!r}: stage `{stage}` failed (exit {proc.returncode}); "
                            f"rerun it alone with: python -m pipeline.{stage} {params}")
     return round(time.perf_counter() - start, 2)
+
+
+@contextlib.contextmanager
+def gpu_slot(gpus: int | None = None, lock_dir: str | None = None, wait_s: float = 2.0):
+    """One GPU for a stage run, as {"CUDA_VISIBLE_DEVICES": "i"}: the first whose lock file no other kasp
+    worker on this machine holds, waiting while all are taken (`dvc queue start -j N` runs N sweep
+    points side by side; each gets a GPU of its own). {} on a machine without GPUs, or when
+    CUDA_VISIBLE_DEVICES is already set (the caller chose). The lock goes with the process if it dies."""
+    if gpus is None:
+        import torch
+
+        gpus = 0 if "CUDA_VISIBLE_DEVICES" in os.environ else torch.cuda.device_count()
+    if not gpus:
+        yield {}
+        return
+    folder = Path(lock_dir or tempfile.gettempdir())
+    while True:
+        for i in range(gpus):
+            f = (folder / f"kasp-gpu-{i}.lock").open("w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield {"CUDA_VISIBLE_DEVICES": str(i)}
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        time.sleep(wait_s)
