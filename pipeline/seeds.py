@@ -20,16 +20,12 @@ import numpy as np
 import yaml
 
 from pipeline.core.common import Timer, details_path, read_json, write_metrics
-from pipeline.core.params import load_section, metrics_dir, upstream_dir, validate
+from pipeline.core.params import load_section, metrics_dir, percent, percent_key, upstream_dir, validate
 from pipeline.core.runs import relocate, run_stage, write_params
 from pipeline.core.tasks import SCORES
 
 SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a seed
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
-
-
-def percent(sparsity: float) -> str:
-    return f"{round(sparsity * 100, 2):g}"
 
 
 def run_name(sparsity: float, seed: int) -> str:
@@ -38,7 +34,7 @@ def run_name(sparsity: float, seed: int) -> str:
 
 def sparsity_overrides(overrides: dict, sparsity: float) -> dict:
     """seeds.overrides' prune keys for this target (keys are percent, as YAML may read them as numbers)."""
-    return next((dict(x) for k, x in overrides.items() if f"{float(k):g}" == percent(sparsity)), {})
+    return next((dict(x) for k, x in overrides.items() if percent_key(k) == percent(sparsity)), {})
 
 
 def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path) -> dict:

@@ -109,9 +109,19 @@ def _check_prune(v: dict) -> None:
             + f"; run `python -m pipeline.training.recipes {v['recipe']} <params.yaml>` or set prune.recipe: custom")
 
 
+def percent(sparsity: float) -> str:
+    """A target sparsity as seeds names it (0.95 -> "95"): run folders and seeds.overrides keys."""
+    return f"{round(sparsity * 100, 2):g}"
+
+
+def percent_key(key) -> str:
+    """A seeds.overrides key as percent text (YAML may read `95` as a number)."""
+    return f"{float(key):g}"
+
+
 def _check_seeds(v: dict) -> None:
-    listed = {f"{round(s * 100, 2):g}" for s in v["target_sparsities"]}
-    if stray := sorted(str(k) for k in v["overrides"] if f"{float(k):g}" not in listed):
+    listed = {percent(s) for s in v["target_sparsities"]}
+    if stray := sorted(str(k) for k in v["overrides"] if percent_key(k) not in listed):
         raise ParamsError(f"params: seeds.overrides names {stray}, not in seeds.target_sparsities "
                           f"(in percent: {sorted(listed)})")
 
