@@ -44,20 +44,38 @@ def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
 
 def pruner_hook(p: dict, acc, pruning: bool):
     """fit()'s `prepare`: INC's pruner on the model and Accelerate's optimizer, its mask hashes checked
-    across ranks at every update. Returns (prepare, [the pruner once built], [agreed mask hashes])."""
+    across ranks at every update, and with average_tail the tail's weight average hooked after it.
+    Returns (prepare, [the pruner once built], [the averager once built], [agreed mask hashes])."""
     from pipeline.training import inc
+    from pipeline.training.averaging import TailAverage
     from pipeline.training.checkpoint import NoExtra
+    from pipeline.training.schedule import step_range
 
-    pruners, synced = [], []
+    pruners, averagers, synced = [], [], []
 
     def prepare(model, optimizer, total_steps):
-        if not pruning:  # pure distillation, e.g. a layer-dropped student
-            return NoExtra()
-        pruners.append(inc.Pruner(model, optimizer, p, total_steps,
-                                  on_update=lambda masks, step: synced.append(device.check_in_sync(acc, masks, step))))
-        return pruners[0]
+        extra = NoExtra()  # pure distillation, e.g. a layer-dropped student
+        if pruning:
+            extra = inc.Pruner(model, optimizer, p, total_steps,
+                               on_update=lambda masks, step: synced.append(device.check_in_sync(acc, masks, step)))
+            pruners.append(extra)
+        if p["average_tail"]:  # from the step after the last mask update (INC counts steps from 0)
+            extra = TailAverage(model, optimizer, step_range(p, total_steps)[1] + 1, extra)
+            averagers.append(extra)
+        return extra
 
-    return prepare, pruners, synced
+    return prepare, pruners, averagers, synced
+
+
+def apply_average(averagers: list, student, dev, meta: dict, p: dict) -> dict | None:
+    """With average_tail: the last step's dev scores (the paired comparison, never a choice), then the
+    tail's mean weights into the student."""
+    if not averagers:
+        return None
+    from pipeline.training.loop import evaluate
+
+    last = evaluate(student, dev, meta, p["eval_batch_size"])
+    return {"steps": averagers[0].apply(), "last_step_scores": last}
 
 
 def main(params_path: str = "params.yaml") -> dict:
@@ -89,13 +107,14 @@ def main(params_path: str = "params.yaml") -> dict:
     cache, cache_info = maybe_build(teacher, rows, t_hidden, p["teacher_cache_mb"], t_att)
     loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
     pruning = p["target_sparsity"] > 0
-    prepare, pruners, synced = pruner_hook(p, acc, pruning)
+    prepare, pruners, averagers, synced = pruner_hook(p, acc, pruning)
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
         result = fit(student, rows, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
                      schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
                      acc=acc, placement=placement)
+        averaged = apply_average(averagers, student, dev, meta, p)
         if pruners:
             pruners[0].detach()
         synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too
@@ -115,7 +134,7 @@ def main(params_path: str = "params.yaml") -> dict:
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
-        "augment": augmented, "mask_sync": {"checks": len(synced), "final_digest": synced[-1]},
+        "augment": augmented, "tail_average": averaged, "mask_sync": {"checks": len(synced), "final_digest": synced[-1]},
         "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics

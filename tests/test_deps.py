@@ -13,7 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "export", "deploy", "eval")
 DVC_FILES = ("dvc.yaml", "sweeps/dvc.yaml")
-MODULE_RE = re.compile(r"python -m (pipeline\.\w+)")
+MODULE_RE = re.compile(r"(?:python|\$\{\w+\.launcher\}) -m (pipeline\.\w+)")  # launcher: python, torchrun, accelerate
 
 
 def module_file(name: str) -> Path | None:

@@ -59,6 +59,16 @@ def test_bf16_accelerator_runs_matmuls_in_bf16_and_a_later_one_can_be_fp32():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_a_later_stage_in_the_same_process_gets_its_own_device():
+    """An earlier stage's single-process state must not pin the next one's device (it did on a GPU
+    machine: a CPU stage, then `device: cuda`, ended on the CPU). The earlier device is faked as `meta`."""
+    from accelerate.state import PartialState
+
+    device.accelerator(device.Placement("cpu", "fp32", "cpu/fp32", None))
+    PartialState._shared_state["device"] = torch.device("meta")
+    assert device.accelerator(device.Placement("cpu", "fp32", "cpu/fp32", None)).device.type == "cpu"
+
+
 def test_bf16_loss_is_fp32_and_close_to_the_fp32_loss(ragged):  # noqa: F811
     teacher, student = tiny_bert(0), tiny_bert(1)
     loss_fn = make_loss(teacher, P, False, layer_map(2, 2))

@@ -205,6 +205,7 @@ SCHEMA = {
         "teacher_cache_mb": Key(int, lo=0),
         "augment_copies": Key(int, lo=0),            # perturbed copies of train to distil on (0 = none)
         "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
+        "average_tail": Key(bool),                   # ship the mean of the tail's weights (pipeline.training.averaging)
         **TRAIN,
     },
     "export": {
