@@ -67,14 +67,14 @@ def pruner_hook(p: dict, acc, pruning: bool):
     return prepare, pruners, averagers, synced
 
 
-def apply_average(averagers: list, student, dev, meta: dict, p: dict) -> dict | None:
-    """With average_tail: the last step's dev scores (the paired comparison, never a choice), then the
-    tail's mean weights into the student."""
+def apply_average(averagers: list, student, dev, meta: dict, p: dict, main: bool) -> dict | None:
+    """With average_tail: the last step's dev scores on rank 0 (the paired comparison, never a choice),
+    then the tail's mean weights into the student on every rank."""
     if not averagers:
         return None
     from pipeline.training.loop import evaluate
 
-    last = evaluate(student, dev, meta, p["eval_batch_size"])
+    last = evaluate(student, dev, meta, p["eval_batch_size"]) if main else None
     return {"steps": averagers[0].apply(), "last_step_scores": last}
 
 
@@ -114,7 +114,7 @@ def main(params_path: str = "params.yaml") -> dict:
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
                      schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
                      acc=acc, placement=placement)
-        averaged = apply_average(averagers, student, dev, meta, p)
+        averaged = apply_average(averagers, student, dev, meta, p, acc.is_main_process)
         if pruners:
             pruners[0].detach()
         synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too

@@ -46,12 +46,12 @@ def test_mean_of_the_steps_after_the_tail_starts_and_zeros_stay_zero():
     assert torch.all(model.weight[mask == 0] == 0)
 
 
-def test_nothing_averaged_before_the_tail_leaves_the_model_alone():
+def test_an_empty_tail_is_an_error_not_the_last_step():
     model, opt = masked_sgd(torch.ones(3, 4))
     avg = TailAverage(model, opt, after_step=10, inner=NoExtra())
-    last = train(model, opt, 3)[-1]
-    assert avg.apply() == 0
-    assert all(torch.equal(q, last[n]) for n, q in model.named_parameters())
+    train(model, opt, 3)
+    with pytest.raises(RuntimeError, match="prune.average_tail: no step after the last mask update"):
+        avg.apply()
 
 
 def test_a_resumed_average_equals_an_uninterrupted_one():
@@ -72,12 +72,16 @@ def test_a_resumed_average_equals_an_uninterrupted_one():
     assert all(torch.allclose(a, b) for a, b in zip(model.parameters(), model2.parameters()))
 
 
-def test_average_tail_refuses_a_selected_epoch(project):
+def test_average_tail_refuses_a_selected_epoch_or_no_tail(project):
     from pipeline.core.params import ParamsError, validate
 
     params, _ = project
     with pytest.raises(ParamsError, match="prune.average_tail = true with prune.selection = 'train_split'"):
         validate("prune", {**params["prune"], "average_tail": True, "selection": "train_split"})
+    for key, value, needle in (("end", 1.0, "prune.end = 1.0 .must be < 1."),
+                               ("target_sparsity", 0.0, "prune.target_sparsity = 0.0 .must be > 0.")):
+        with pytest.raises(ParamsError, match=needle):
+            validate("prune", {**params["prune"], "average_tail": True, key: value})
 
 
 def test_prune_ships_the_tail_average_and_keeps_the_target(trained):

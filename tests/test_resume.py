@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline import data, prune, teacher
@@ -29,12 +30,15 @@ def run_until_checkpoint(stage: str, params_path: str, ckpt: Path, timeout: floa
         proc.wait()
 
 
-def test_killed_prune_resumes_to_the_same_model(project):
+# tail: masks final after step 3 of 24, so the first checkpoint (step 6, an epoch's end) is mid-average
+@pytest.mark.parametrize("extra", [{}, {"average_tail": True, "start": 0.0, "end": 0.2}], ids=["plain", "tail"])
+def test_killed_prune_resumes_to_the_same_model(project, extra):
     """Kill mid-schedule, resume: the student equals one trained without interruption (model, optimizer,
-    scheduler, INC pruner state, step and RNG all restored), and the output dir was never half-written."""
+    scheduler, INC pruner state, tail average, step and RNG all restored), and the output dir was never
+    half-written."""
     params, write = project
     params["teacher"]["epochs"] = 1
-    params["prune"].update(epochs=4, checkpoint_every_steps=2)
+    params["prune"].update(epochs=4, checkpoint_every_steps=2 if not extra else 100, **extra)
     path = write(params)
     data.main(path)
     teacher.main(path)
@@ -50,6 +54,7 @@ def test_killed_prune_resumes_to_the_same_model(project):
     got = load_trained(params["prune"]["out_dir"]).state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])][:3]
     assert resumed["history"] == straight["history"]
+    assert resumed["tail_average"] == straight["tail_average"] and (not extra or straight["tail_average"]["steps"] > 0)
     assert not ckpt.exists()                                       # a finished run leaves nothing to resume
 
 

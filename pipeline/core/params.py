@@ -103,6 +103,10 @@ def _check_prune(v: dict) -> None:
     if v["augment_copies"] and v["alpha_ce"]:
         raise ParamsError(f"params: prune.augment_copies = {v['augment_copies']} with prune.alpha_ce = "
                           f"{v['alpha_ce']}: augmented copies have no true label; set alpha_ce: 0 (distil only) or augment_copies: 0")
+    if v["average_tail"] and (v["target_sparsity"] == 0 or v["end"] >= 1):
+        raise ParamsError(f"params: prune.average_tail = true needs a fixed-sparsity tail to average: "
+                          f"prune.target_sparsity = {v['target_sparsity']} (must be > 0) and prune.end = {v['end']} "
+                          "(must be < 1)")
     if v["average_tail"] and v["selection"] != "last":
         raise ParamsError(f"params: prune.average_tail = true with prune.selection = {v['selection']!r}: the "
                           "average spans the tail, so no epoch is selected; set selection: last or average_tail: false")

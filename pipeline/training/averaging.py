@@ -39,20 +39,23 @@ class TailAverage:
         for n, q in self.params.items():
             if n not in self.mean:
                 self.mean[n] = q.detach().float().clone()
-            else:
-                self.mean[n].add_(q.detach().float() - self.mean[n], alpha=1.0 / self.count)
+            else:  # in place: no temporary the size of the model at every tail step
+                self.mean[n].lerp_(q.detach().float(), 1.0 / self.count)
 
     @torch.no_grad()
     def apply(self) -> int:
-        """Put the mean into the model; returns how many steps it averaged (0: nothing changes)."""
-        if self.count:
-            for n, q in self.params.items():
-                q.copy_(self.mean[n].to(q.dtype))
+        """Put the mean into the model; returns how many steps it averaged. An empty tail is an error,
+        not a quiet return of the last step's weights."""
+        if not self.count:
+            raise RuntimeError(f"prune.average_tail: no step after the last mask update (step {self.after_step}) "
+                               f"to average in {self.step} steps; lower prune.end or add epochs")
+        for n, q in self.params.items():
+            q.copy_(self.mean[n].to(q.dtype))
         return self.count
 
     def state_dict(self) -> dict:
         return {"inner": self.inner.state_dict(), "step": self.step, "count": self.count,
-                "mean": {n: t.clone() for n, t in self.mean.items()}}
+                "mean": dict(self.mean)}  # saved at once by the checkpoint: no copy needed
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state["inner"])

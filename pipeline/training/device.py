@@ -79,13 +79,13 @@ def resolve(p: dict, isa=None, cuda: bool | None = None) -> Placement:
 def accelerator(placement: Placement):
     """Accelerate's handle for this run: device placement, autocast and the process group."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
 
     # Accelerate keeps one mixed precision and one device per process; a process may run several stages
     # (the tests, step_profile), so that state is reset, and with it a single process's PartialState,
-    # which would otherwise keep an earlier stage's device (a CPU stage, then `device: cuda`). A
-    # process group (launched with several processes) is kept: it cannot be started twice.
-    group = PartialState._shared_state.get("num_processes", 1) > 1
+    # which would otherwise keep an earlier stage's device (a CPU stage, then `device: cuda`). A live
+    # process group (torchrun, accelerate launch) is kept: it cannot be started twice.
+    group = torch.distributed.is_available() and torch.distributed.is_initialized()
     AcceleratorState._reset_state(reset_partial_state=not group)
     acc = Accelerator(cpu=placement.device == "cpu", mixed_precision=MIXED[placement.precision])
     if acc.device.type != placement.device:  # e.g. `accelerate launch --cpu` (ACCELERATE_USE_CPU) with device: cuda
