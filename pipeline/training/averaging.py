@@ -2,8 +2,9 @@
 fixed-sparsity tail, not the last step's.
 
 At 95% on MRPC the dev accuracy of the tail's epochs (11-16 of 16) spans 76.0 to 80.9 with no trend
-(profiles/mrpc/seeds/95-s*), so the last step is one draw from a wide spread. Averaging the weights visited along the tail (stochastic weight averaging, Izmailov et al.
-2018) trades that draw for their centre. Only tail steps are averaged: the masks no longer move there,
+(profiles/mrpc/seeds/95-s*), so the last step is one draw from a wide spread. Averaging the weights
+visited along the tail (stochastic weight averaging, Izmailov et al. 2018) trades that draw for their
+centre. Only tail steps are averaged: the masks no longer move there,
 and INC applies them before this hook runs, so a pruned weight is zero at every averaged step and the
 average keeps the sparsity. The average is a running mean in fp32 and travels in checkpoints.
 """

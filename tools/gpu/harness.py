@@ -33,18 +33,18 @@ for cfg in sorted(p.parent for p in root.glob("*/params.yaml")):
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
             proc = subprocess.Popen([sys.executable, "-m", "pipeline.prune", str(run_dir / "params.yaml")],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
-            jobs.append((cfg, seed, run_dir, proc, time.time()))
+            jobs.append((cfg, seed, run_dir, proc))
 print(f"[harness] {len(jobs)} runs started", flush=True)
 while any(j[3].poll() is None for j in jobs) and time.time() < deadline:
     time.sleep(5)
-for cfg, seed, run_dir, proc, t0 in jobs:
+for cfg, seed, run_dir, proc in jobs:
     if proc.poll() is None:
         proc.kill()
         print(f"[harness] {run_dir}: killed at the deadline", flush=True)
     else:
         print(f"[harness] {run_dir}: rc {proc.returncode}", flush=True)
 finished = {}
-for cfg, seed, run_dir, proc, t0 in jobs:
+for cfg, seed, run_dir, proc in jobs:
     write_params(run_dir / "params.yaml", docs[run_dir], "seeds")
     if proc.returncode == 0 and details_path(run_dir / "metrics", "prune").is_file():
         (run_dir / "inputs.sha256").write_text(seeds.inputs_fingerprint(run_dir / "params.yaml"))
