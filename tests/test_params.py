@@ -146,6 +146,33 @@ def test_repo_params_are_valid(path):
             assert load_section(section, ROOT / path)
 
 
+@pytest.mark.parametrize("written, read", [("./mini", "{dir}/mini"), ("../models/mini", "{up}/models/mini"),
+                                           ("/opt/mini", "/opt/mini"), ("org/mini", "org/mini"),
+                                           ("bundled:all-MiniLM-L6-v2", "bundled:all-MiniLM-L6-v2")])
+def test_a_local_model_is_relative_to_the_params_file(tmp_path, monkeypatch, written, read):
+    """data.model written as ./x or ../x is a folder beside the params file, like every other path; a hub
+    id or bundled: stays as written. A seed's run folder, two levels down, still reaches the same folder."""
+    import yaml
+
+    from pipeline.core.runs import relocate
+    from pipeline.core.schema import SCHEMA
+
+    doc = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc["data"]["model"] = written
+    profile = tmp_path / "profiles" / "mrpc"
+    profile.mkdir(parents=True)
+    (profile / "params.yaml").write_text(yaml.safe_dump(doc))
+    want = read.format(dir=profile, up=profile.parent)
+    assert load_section("data", profile / "params.yaml")["model"] == want
+    moved = relocate("data", doc["data"], profile, profile / "seeds" / "95-s0")
+    assert SCHEMA["data"]["model"].is_path(moved["model"]) == (want != written or written.startswith("/"))
+    if want != written:
+        assert os.path.normpath(profile / "seeds" / "95-s0" / moved["model"]) == want
+    if written == "./mini":  # the repository's params.yaml is read by a relative name: the path stays one
+        monkeypatch.chdir(profile)
+        assert load_section("data", "params.yaml")["model"] == "./mini"
+
+
 def test_paths_are_relative_to_the_params_file(tmp_path):
     import yaml
 

@@ -148,8 +148,8 @@ def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
     # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
     # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
     for name, spec in SCHEMA[section].items():
-        if spec.path and values[name] is not None:
-            values[name] = os.path.normpath(os.path.join(path.parent, values[name]))
+        if spec.is_path(values[name]):
+            values[name] = spec.written(os.path.normpath(os.path.join(path.parent, values[name])))
     return values
 
 

@@ -22,7 +22,20 @@ class Key:
     nullable: bool = False
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
-    path: bool = False               # relative to the params file's directory
+    path: bool | str = False         # relative to the params file's directory; "local": only when written
+                                     # as ./x, ../x or /x (data.model is otherwise a hub id or bundled:)
+
+    def is_path(self, value) -> bool:
+        if self.path == "local":
+            return isinstance(value, str) and value.startswith(LOCAL_PREFIXES)
+        return bool(self.path) and value is not None
+
+    def written(self, value: str) -> str:
+        """A rewritten path as it must be written to still read as a path (a bare `x/y` is a hub id)."""
+        return value if self.path != "local" or value.startswith(LOCAL_PREFIXES) else "./" + value
+
+
+LOCAL_PREFIXES = ("./", "../", "/")
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
@@ -159,7 +172,7 @@ TRAIN = {
 
 SCHEMA = {
     "data": {
-        "model": Key(str),
+        "model": Key(str, path="local"),
         "source": Key(str, choices=("glue", "file", "hub")),
         "task": Key(str, nullable=True, check=_task),
         "glue_dir": Key(str, nullable=True, path=True),
