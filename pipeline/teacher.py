@@ -33,7 +33,7 @@ def main(params_path: str = "params.yaml") -> dict:
     placement, acc = device.setup(p, "teacher")  # a missing CUDA or bf16 fails here, before any work
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
-    from pipeline.core.models import load_classifier, load_tokenizer, resolve_model, save_model
+    from pipeline.core.models import load_classifier, load_tokenizer, save_model, start_model
     from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
@@ -41,7 +41,7 @@ def main(params_path: str = "params.yaml") -> dict:
 
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
-    model = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"], meta["labels"])
+    model = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"], meta["labels"])
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
         result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, select_on=select_on,

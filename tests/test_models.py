@@ -26,6 +26,19 @@ def test_hub_ids_pass_through_and_paths_are_checked(tmp_path):
         models.resolve_model(str(tmp_path / "missing"))
 
 
+def test_a_start_model_whose_weights_changed_is_refused(tmp_path, tiny_model_dir):
+    """A local start folder (a student from an earlier run) retrained after the data stage read it."""
+    import shutil
+
+    start = tmp_path / "student"
+    shutil.copytree(tiny_model_dir, start)
+    meta = {"model": str(start), "model_sha256": models.weights_sha256(str(start))}
+    assert models.start_model(meta) == str(start)
+    (start / "model.safetensors").write_bytes((start / "model.safetensors").read_bytes() + b" ")
+    with pytest.raises(ValueError, match="data.model .*weights changed.*pipeline.data"):
+        models.start_model(meta)
+
+
 def test_local_dir_loads_with_safetensors_only(tiny_model_dir):
     m = models.load_classifier(str(tiny_model_dir), 3, "classification", ["a", "b", "c"])
     assert m.config.id2label == {0: "a", 1: "b", 2: "c"} and m.classifier.out_features == 3

@@ -136,19 +136,22 @@ def test_missing_file_and_section(tmp_path):
         load_section("prune", tmp_path / "p.yaml")
 
 
-@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/*/params.yaml"))])
+@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/**/params.yaml")
+                                                   if not {"seeds", "sweep"} & set(p.parts))])  # run records
 def test_repo_params_are_valid(path):
     import yaml
 
     present = yaml.safe_load((ROOT / path).read_text())
-    for section in SCHEMA:  # the sweep's sections are needed only where a sweep is defined
-        if section in present or section not in ("sweep", "sweep_report", "seeds"):
+    for section in SCHEMA:  # the sweep's sections are needed only where a sweep is defined; a recipe
+        # folder holds the training sections only
+        if section in present or ("/recipes/" not in path and section not in ("sweep", "sweep_report", "seeds")):
             assert load_section(section, ROOT / path)
 
 
 @pytest.mark.parametrize("written, read", [("./mini", "{dir}/mini"), ("../models/mini", "{up}/models/mini"),
                                            ("/opt/mini", "/opt/mini"), ("org/mini", "org/mini"),
-                                           ("bundled:all-MiniLM-L6-v2", "bundled:all-MiniLM-L6-v2")])
+                                           ("bundled:all-MiniLM-L6-v2", "bundled:all-MiniLM-L6-v2"),
+                                           ("..", "{up}")])
 def test_a_local_model_is_relative_to_the_params_file(tmp_path, monkeypatch, written, read):
     """data.model written as ./x or ../x is a folder beside the params file, like every other path; a hub
     id or bundled: stays as written. A seed's run folder, two levels down, still reaches the same folder."""
@@ -166,6 +169,8 @@ def test_a_local_model_is_relative_to_the_params_file(tmp_path, monkeypatch, wri
     assert load_section("data", profile / "params.yaml")["model"] == want
     moved = relocate("data", doc["data"], profile, profile / "seeds" / "95-s0")
     assert SCHEMA["data"]["model"].is_path(moved["model"]) == (want != written or written.startswith("/"))
+    if written.startswith("/"):  # an absolute path means the same folder from any run's folder
+        assert moved["model"] == written
     if want != written:
         assert os.path.normpath(profile / "seeds" / "95-s0" / moved["model"]) == want
     if written == "./mini":  # the repository's params.yaml is read by a relative name: the path stays one

@@ -59,6 +59,19 @@ def weights_sha256(model_dir: str) -> str | None:
     return sha256_file(f) if f.is_file() else None
 
 
+def start_model(meta: dict) -> str:
+    """The model a run starts from, as the data stage recorded it, refused if its weights changed since
+    (a local folder such as a student from an earlier run can be retrained in between; DVC hashes
+    neither)."""
+    path = resolve_model(meta["model"])
+    recorded, now = meta.get("model_sha256"), weights_sha256(path)
+    if recorded is not None and now != recorded:
+        raise ValueError(f"data.model {meta['model']!r}: its weights changed since the data stage read them "
+                         f"(model.safetensors sha256 {now} against {recorded} in meta.json); "
+                         "rerun `python -m pipeline.data` with these params")
+    return path
+
+
 def load_tokenizer(path_or_id: str):
     from transformers import AutoTokenizer
 

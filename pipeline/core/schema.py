@@ -23,11 +23,11 @@ class Key:
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
     path: bool | str = False         # relative to the params file's directory; "local": only when written
-                                     # as ./x, ../x or /x (data.model is otherwise a hub id or bundled:)
+                                     # as ./x, ../x or /x (data.model may also be a hub id or bundled:)
 
     def is_path(self, value) -> bool:
         if self.path == "local":
-            return isinstance(value, str) and value.startswith(LOCAL_PREFIXES)
+            return isinstance(value, str) and (value in (".", "..") or value.startswith(LOCAL_PREFIXES))
         return bool(self.path) and value is not None
 
     def written(self, value: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.models import load_classifier, load_trained, resolve_model
+from pipeline.core.models import load_classifier, load_trained, start_model
 from pipeline.training import inc, sparsity
 from pipeline.training.distill import attention_pairs, distill_loss
 
@@ -151,7 +151,7 @@ def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None):
     if p["init"] == "teacher":
         student = load_trained(teacher_dir)
     else:
-        student = load_classifier(resolve_model(meta["model"]), meta["num_labels"], meta["problem_type"],
+        student = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"],
                                   meta["labels"])
     if p["student_layers"]:
         drop_layers(student, p["student_layers"])
