@@ -136,6 +136,22 @@ def _check_seeds(v: dict) -> None:
 CROSS_CHECKS = {"data": _check_data, "prune": _check_prune, "seeds": _check_seeds}
 
 
+LOCAL_PREFIXES = ("./", "../", "/")  # how a local folder is written where a hub id may also stand
+
+
+def is_path(spec: Key, value) -> bool:
+    """Whether this value of a key is a path. A `path="local"` key (data.model) is one only when written
+    as ./x, ../x or /x; otherwise it is a hub id or bundled:<name>."""
+    if spec.path == "local":
+        return isinstance(value, str) and (value in (".", "..") or value.startswith(LOCAL_PREFIXES))
+    return bool(spec.path) and value is not None
+
+
+def as_written(spec: Key, value: str) -> str:
+    """A rewritten path as it must be written to still read as a path (a bare `x/y` is a hub id)."""
+    return value if spec.path != "local" or value.startswith(LOCAL_PREFIXES) else "./" + value
+
+
 def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
     path = Path(params_path)
     if not path.is_file():
@@ -148,8 +164,8 @@ def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
     # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
     # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
     for name, spec in SCHEMA[section].items():
-        if spec.is_path(values[name]):
-            values[name] = spec.written(os.path.normpath(os.path.join(path.parent, values[name])))
+        if is_path(spec, values[name]):
+            values[name] = as_written(spec, os.path.normpath(os.path.join(path.parent, values[name])))
     return values
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.params import ParamsError
+from pipeline.core.params import ParamsError, as_written, is_path
 from pipeline.core.schema import SCHEMA
 
 
@@ -24,8 +24,8 @@ def relocate(section: str, values: dict, base_dir: Path, start: Path, inside: bo
     keep paths relative, so they land in the point's folder, and may not escape the params folder."""
     out = dict(values)
     for key, spec in SCHEMA[section].items():
-        if spec.is_path(out[key]) and (inside or not os.path.isabs(out[key])):  # absolute: the same from anywhere
-            out[key] = spec.written(os.path.relpath(os.path.normpath(base_dir / out[key]), start))
+        if is_path(spec, out[key]) and (inside or not os.path.isabs(out[key])):  # absolute: the same from anywhere
+            out[key] = as_written(spec, os.path.relpath(os.path.normpath(base_dir / out[key]), start))
             if inside and out[key].startswith(".."):
                 raise ParamsError(f"params: {section}.{key} = {values[key]!r} lies outside the params file's folder, "
                                   "so a run (sweep point, seed) cannot give it a folder of its own; make it relative")

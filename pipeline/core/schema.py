@@ -22,20 +22,7 @@ class Key:
     nullable: bool = False
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
-    path: bool | str = False         # relative to the params file's directory; "local": only when written
-                                     # as ./x, ../x or /x (data.model may also be a hub id or bundled:)
-
-    def is_path(self, value) -> bool:
-        if self.path == "local":
-            return isinstance(value, str) and (value in (".", "..") or value.startswith(LOCAL_PREFIXES))
-        return bool(self.path) and value is not None
-
-    def written(self, value: str) -> str:
-        """A rewritten path as it must be written to still read as a path (a bare `x/y` is a hub id)."""
-        return value if self.path != "local" or value.startswith(LOCAL_PREFIXES) else "./" + value
-
-
-LOCAL_PREFIXES = ("./", "../", "/")
+    path: bool | str = False         # relative to the params file's directory; "local": see params.is_path
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
