@@ -64,3 +64,9 @@ def what_ran(eval_row: dict, bench_rows: list[dict], compile_model: dict, isa: l
               for (p, prov), cells in odd.items()]
     return {"precision_ran": ran, "provider_ran": eval_row.get("provider"),
             "asked_vs_ran": list(dict.fromkeys(m for m in marks if m))}
+
+
+def hardware(bench: dict) -> dict:
+    """The CPU bench ran on (older bench.json files keep it under env)."""
+    env = bench.get("env", {})
+    return bench.get("hardware") or {k: env.get(k) for k in ("cpu", "logical_cpus", "physical_cores", "isa")}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from eval.harness import BASELINE, GAP, UNSTABLE
 from eval.labels import place_labels
-from eval.ran import what_ran
+from eval.ran import hardware, what_ran
 
 NA = "n/a"
 # torch runs the weights of the FP32 ONNX; ov-bf16 compiles the FP32 IR; ov-int8-dense is ov-int8 with
@@ -48,12 +48,6 @@ def ratio(a, b):
 
 def _mb(n):
     return NA if n is None else n / 1e6
-
-
-def hardware(bench: dict) -> dict:
-    """The CPU bench ran on (older bench.json files keep it under env)."""
-    env = bench.get("env", {})
-    return bench.get("hardware") or {k: env.get(k) for k in ("cpu", "logical_cpus", "physical_cores", "isa")}
 
 
 def table_rows(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> list[dict]:
@@ -107,6 +101,8 @@ def build_context(teacher, prune, compile_, eval_, bench, latency_shape, through
             "teacher_score": teacher["score"], "majority_score": teacher.get("baseline_score"),
             "pattern": prune.get("pattern", NA),
             "selection": {"teacher": teacher.get("selection", NA), "student": prune.get("selection", NA)},
+            "calibration": (f"; the student's positive logit was shifted by {-c['logit_shift']:+.3f}, fitted on "
+                            f"{c['split_size']} held-out train rows") if (c := prune.get("calibration")) else "",
             "target_sparsity": prune.get("target_sparsity"), "encoder_sparsity": removed_weights(prune),
             "hardware": hw, "threads": bench.get("threads"), "versions": env.get("versions", {}),
             "streams": sorted({r["streams"] for r in bench["results"]}),
@@ -211,7 +207,8 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
               "decompression rate. Compare ov-int8 with ov-int8-dense for what the sparse kernel alone buys.",
               "- Size MB is 10^6 bytes on disk; gzip MB is what shipping it compressed costs (zeros compress).",
               f"- Selection: teacher {ctx['selection']['teacher']}, student {ctx['selection']['student']} (last epoch, or best on "
-              "a split of train): the dev set scored here chose no model. A model's backends compare on equal terms.",
+              f"a split of train){ctx['calibration']}: the dev set scored here chose no model. "
+              "A model's backends compare on equal terms.",
               "- Compare runs, experiments or machines with `python -m eval.compare A/bench.json B/bench.json` "
               "(it refuses to put a ratio on pairs that differ in precision, threads, hardware or versions).", ""]
     return "\n".join(parts)

@@ -20,6 +20,7 @@ from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
 from pipeline.training import device
 from pipeline.training.augment import training_rows
+from pipeline.training.posthoc import TailAverage, after_fit, held_out
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
@@ -47,7 +48,6 @@ def pruner_hook(p: dict, acc, pruning: bool):
     across ranks at every update, and with average_tail the tail's weight average hooked after it.
     Returns (prepare, [the pruner once built], [the averager once built], [agreed mask hashes])."""
     from pipeline.training import inc
-    from pipeline.training.averaging import TailAverage
     from pipeline.training.checkpoint import NoExtra
     from pipeline.training.schedule import step_range
 
@@ -67,17 +67,6 @@ def pruner_hook(p: dict, acc, pruning: bool):
     return prepare, pruners, averagers, synced
 
 
-def apply_average(averagers: list, student, dev, meta: dict, p: dict, main: bool) -> dict | None:
-    """With average_tail: the last step's dev scores on rank 0 (the paired comparison, never a choice),
-    then the tail's mean weights into the student on every rank."""
-    if not averagers:
-        return None
-    from pipeline.training.loop import evaluate
-
-    last = evaluate(student, dev, meta, p["eval_batch_size"]) if main else None
-    return {"steps": averagers[0].apply(), "last_step_scores": last}
-
-
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("prune", params_path)
     data_dir, teacher_dir = upstream_dir("data", params_path), upstream_dir("teacher", params_path)
@@ -91,11 +80,11 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training import sparsity, student as st
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
+    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit
     from pipeline.training.teacher_cache import maybe_build
 
     meta, train, dev = load_inputs(data_dir)
-    train, select_on, selection = selection_sets(p, train)
+    train, held, select_on, selection = held_out(p, meta, train)
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False).to(acc.device)
@@ -114,7 +103,7 @@ def main(params_path: str = "params.yaml") -> dict:
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
                      schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
                      acc=acc, placement=placement)
-        averaged = apply_average(averagers, student, dev, meta, p, acc.is_main_process)
+        averaged, calibrated = after_fit(p, averagers, student, held, dev, meta, acc.is_main_process)
         if pruners:
             pruners[0].detach()
         synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too
@@ -134,8 +123,8 @@ def main(params_path: str = "params.yaml") -> dict:
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
-        "augment": augmented, "tail_average": averaged, "mask_sync": {"checks": len(synced), "final_digest": synced[-1]},
-        "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path), HEADLINE)
+        "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),
+        "mask_sync": {"checks": len(synced), "final_digest": synced[-1]}}, threads, metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics
 

@@ -27,6 +27,7 @@ from pipeline.core.tasks import SCORES
 SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a seed
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
 LAST = tuple(f"last_step_{k}" for k in KEYS)  # with prune.average_tail: the same run's last-step weights
+UNCALIBRATED = tuple(f"uncalibrated_{k}" for k in KEYS)  # with prune.calibrate: the same run before its shift
 
 
 def run_name(sparsity: float, seed: int) -> str:
@@ -52,18 +53,20 @@ def run_record(m: dict, seed: int, epochs: int, verified: bool) -> dict:
     """What seeds.json keeps of one run's metrics/prune.json. inputs_verified is false for a run reused
     on its params alone (seeds.reuse: params): its data, teacher and code were not checked."""
     return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"], "epochs": epochs,
-            **{k: m[k] for k in KEYS if k in m}, **last_step(m), "selection": m["selection"],
+            **{k: m[k] for k in KEYS if k in m}, **paired(m, "tail_average", "last_step_scores", "last_step"),
+            **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"), "selection": m["selection"],
             "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],
             "inputs_verified": verified}
 
 
-def last_step(m: dict) -> dict:
-    """An averaged run's paired control: its last step's scores and deltas against the same teacher."""
-    last = (m.get("tail_average") or {}).get("last_step_scores")
-    if not last:
+def paired(m: dict, section: str, key: str, prefix: str) -> dict:
+    """A run's paired control (an averaged run's last step, a calibrated run before its shift): its
+    scores and deltas against the same teacher, as prefix_<metric> and prefix_delta_<metric>."""
+    scores = (m.get(section) or {}).get(key)
+    if not scores:
         return {}
-    return {**{f"last_step_{k}": v for k, v in last.items()},
-            **{f"last_step_delta_{k}": round(v - m["teacher"][k], 6) for k, v in last.items()}}
+    return {**{f"{prefix}_{k}": v for k, v in scores.items()},
+            **{f"{prefix}_delta_{k}": round(v - m["teacher"][k], 6) for k, v in scores.items()}}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -72,7 +75,7 @@ def summarize(runs: list[dict]) -> dict:
     for s in sorted({r["target_sparsity"] for r in runs}):
         rs = [r for r in runs if r["target_sparsity"] == s]
         stats = {"n": len(rs)}
-        for k in KEYS + LAST:
+        for k in KEYS + LAST + UNCALIBRATED:
             v = np.array([r[k] for r in rs if k in r], np.float64)
             if len(v):
                 stats[k] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6),

@@ -71,7 +71,7 @@ def tiny_params(root: Path, model_dir: Path) -> dict:
                       recipe="custom", lr_schedule="linear", attention_mse=0.0, last_hidden_mse=0.0,
                       reuse_teacher_head=False, allow_weak_teacher=True,  # a 2-epoch tiny teacher may be weak
                       decay="exp", excluded=["pooler", "classifier"], tolerance=0.005, alpha_ce=0.5, beta_kd=0.5,
-                      gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, augment_copies=0, augment_prob=0.15, average_tail=False,
+                      gamma_hidden=1.0, temperature=2.0, teacher_cache_mb=256, augment_copies=0, augment_prob=0.15, average_tail=False, calibrate="none",
                       checkpoint_dir=str(root / "ckpt/prune"),
                       **{**TRAIN, "epochs": 3}),
         "export": dict(out_dir=str(root / "onnx"), models=["teacher", "student"], exporter="optimum", opset=18,

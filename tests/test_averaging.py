@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pipeline.training.averaging import TailAverage
+from pipeline.training.posthoc import TailAverage
 from pipeline.training.checkpoint import NoExtra
 
 
@@ -96,7 +96,10 @@ def test_prune_ships_the_tail_average_and_keeps_the_target(trained):
 
 
 def test_seeds_keep_the_paired_last_step_of_an_averaged_run():
-    from pipeline.seeds import last_step, summarize
+    from pipeline.seeds import paired, summarize
+
+    def last_step(m):
+        return paired(m, "tail_average", "last_step_scores", "last_step")
 
     m = {"tail_average": {"steps": 9, "last_step_scores": {"accuracy": 0.70, "f1": 0.80, "score": 0.75}},
          "teacher": {"accuracy": 0.80, "f1": 0.84, "score": 0.82}}

@@ -85,6 +85,16 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     assert not list(root.glob(".reports.tmp-*"))
 
 
+def test_report_names_a_calibrated_threshold(workdir):
+    root, params = workdir
+    prune = fixture("prune")
+    prune["calibration"] = {"split": "train_split", "split_size": 367, "logit_shift": 0.8125}
+    (root / "metrics" / "details" / "prune.json").write_text(json.dumps(prune))
+    report.main(params)
+    md = (root / "reports" / "report.md").read_text()
+    assert "the student's positive logit was shifted by -0.812, fitted on 367 held-out train rows" in md
+
+
 def test_missing_metrics_file_names_it_and_its_stage(workdir):
     root, params = workdir
     (root / "metrics" / "details" / "bench.json").unlink()

@@ -91,13 +91,14 @@ def make_optimizer(model, p: dict, total_steps: int, schedule=None):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
 
-def selection_sets(p: dict, train: Tokens) -> tuple[Tokens, Tokens | None, dict]:
-    """(rows to train on, rows to choose the epoch on or None, what metrics record about it), from
-    `selection`: last (the last epoch ships) or train_split (best epoch on a split carved from train)."""
-    if p["selection"] == "last":
+def selection_sets(p: dict, train: Tokens, carve: bool = False) -> tuple[Tokens, Tokens | None, dict]:
+    """(rows to train on, rows held out or None, what metrics record about it). The split is carved from
+    train for `selection`: train_split (best epoch on it) or when `carve` (prune.calibrate fits on it);
+    with selection: last the last epoch ships either way."""
+    if p["selection"] == "last" and not carve:
         return train, None, {"selection": "last"}
     rest, held = split_off(train, p["selection_split"], p["seed"])
-    return rest, held, {"selection": "train_split", "selection_split_size": len(held), "selection_seed": p["seed"],
+    return rest, held, {"selection": p["selection"], "selection_split_size": len(held), "selection_seed": p["seed"],
                         "train_rows_used": len(rest)}
 
 

@@ -1,0 +1,159 @@
+"""After fit, what ships: the tail's weight average (`prune.average_tail`) and a decision threshold
+fitted on held-out train rows (`prune.calibrate`). Each first scores the run without it on dev: a
+paired control, never used to choose.
+
+Tail averaging: the student that ships is the mean of its weights over the fixed-sparsity tail, not
+the last step's. At 95% on MRPC the dev accuracy of the tail's epochs (11-16 of 16) spans 76.0 to
+80.9 with no trend (profiles/mrpc/seeds/95-s*), so the last step is one draw from a wide spread.
+Averaging the weights visited along the tail (stochastic weight averaging, Izmailov et al. 2018)
+trades that draw for their centre. Only tail steps are averaged: the masks no longer move there, and
+INC applies them before this hook runs, so a pruned weight is zero at every averaged step and the
+average keeps the sparsity. The average is a running mean in fp32 and travels in checkpoints.
+
+Calibration: every MRPC student kasp has measured loses its accuracy on the negative class. On dev
+the teacher answers "paraphrase" for 313 of 408 pairs, the profile's 95% students for 357 to 360,
+and nearly all of their accuracy gap is true negatives turned positive (README, "Where the accuracy
+goes"). On the rows the teacher was fitted to, its outputs are nearly the labels and the student
+matches them, so the shift cannot be seen there: it is measured on the train split named by
+`selection_split`, kept out of distillation. One number is fitted, a shift of the positive class's
+logit that maximises the task's headline score on those rows; among ties the one closest to 0 wins,
+so a student that needs none keeps its threshold. The shift goes into the classifier's bias, so the
+saved, exported and compiled models all carry it. Two-class tasks only. Dev is never read.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.core.tasks import compute_metrics
+from pipeline.training import loop
+
+
+class TailAverage:
+    """A running mean of `model`'s trainable weights over the optimizer steps after `after_step`
+    (counted from 1), hooked on `optimizer.step` after INC's hook. Wraps fit()'s other extra state
+    (`inner`: INC's pruner) so both are checkpointed together."""
+
+    def __init__(self, model, optimizer, after_step: int, inner):
+        self.params = {n: q for n, q in model.named_parameters() if q.requires_grad}
+        self.after_step, self.inner = after_step, inner
+        self.step, self.count, self.mean = 0, 0, {}
+        inner_step = optimizer.step
+
+        def step(*args, **kwargs):
+            out = inner_step(*args, **kwargs)
+            self.observe()
+            return out
+
+        optimizer.step = step
+
+    @torch.no_grad()
+    def observe(self) -> None:
+        self.step += 1
+        if self.step <= self.after_step:
+            return
+        self.count += 1
+        for n, q in self.params.items():
+            if n not in self.mean:
+                self.mean[n] = q.detach().float().clone()
+            else:  # in place: no temporary the size of the model at every tail step
+                self.mean[n].lerp_(q.detach().float(), 1.0 / self.count)
+
+    @torch.no_grad()
+    def apply(self) -> int:
+        """Put the mean into the model; returns how many steps it averaged. An empty tail is an error,
+        not a quiet return of the last step's weights."""
+        if not self.count:
+            raise RuntimeError(f"prune.average_tail: no step after the last mask update (step {self.after_step}) "
+                               f"to average in {self.step} steps; lower prune.end or add epochs")
+        for n, q in self.params.items():
+            q.copy_(self.mean[n].to(q.dtype))
+        return self.count
+
+    def state_dict(self) -> dict:
+        return {"inner": self.inner.state_dict(), "step": self.step, "count": self.count,
+                "mean": dict(self.mean)}  # saved at once by the checkpoint: no copy needed
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.step, self.count = state["step"], state["count"]
+        self.mean = {n: t.to(self.params[n].device) for n, t in state["mean"].items()}
+
+
+def check_task(meta: dict) -> None:
+    """A threshold exists only between two classes; refuse other tasks before any model loads."""
+    if meta["problem_type"] != "classification" or meta["num_labels"] != 2:
+        raise ValueError(f"prune.calibrate = 'train_split' needs a two-class task; {meta.get('task')!r} is "
+                         f"{meta['problem_type']} with {meta['num_labels']} label(s); set prune.calibrate: none")
+
+
+def held_out(p: dict, meta: dict, train) -> tuple:
+    """(rows to distil on, held-out train rows or None, the rows to select an epoch on or None, what
+    metrics record): the split is carved for selection: train_split or calibrate: train_split."""
+    if p["calibrate"] != "none":
+        check_task(meta)
+    rest, held, selection = loop.selection_sets(p, train, carve=p["calibrate"] != "none")
+    return rest, held, held if p["selection"] == "train_split" else None, selection
+
+
+def headline(margins: np.ndarray, labels: np.ndarray, metrics: list[str], shift: float) -> float:
+    """The task's headline score when "positive" means margin > shift."""
+    logits = np.stack([np.zeros_like(margins), margins - shift], axis=1)
+    return compute_metrics(logits, labels, metrics, "classification")["score"]
+
+
+def best_shift(margins: np.ndarray, labels: np.ndarray, metrics: list[str]) -> tuple[float, float, float]:
+    """(shift, headline at shift 0, headline at shift): the shift of the positive-minus-negative logit
+    margin that maximises the headline on these rows. Candidates are 0 and the midpoints between
+    neighbouring margins; ties go to the smallest |shift|."""
+    margins = np.asarray(margins, np.float64)
+    edges = np.unique(margins)
+    candidates = np.concatenate([[0.0], (edges[1:] + edges[:-1]) / 2, [edges[0] - 1.0, edges[-1] + 1.0]])
+    best, best_score = 0.0, headline(margins, labels, metrics, 0.0)
+    before = best_score
+    for t in sorted(candidates, key=abs):
+        score = headline(margins, labels, metrics, float(t))
+        if score > best_score + 1e-12:
+            best, best_score = float(t), score
+    return best, before, best_score
+
+
+def apply_shift(model, shift: float) -> None:
+    """Lower the positive class's bias by `shift`, so margin > shift becomes the new margin > 0."""
+    bias = getattr(getattr(model, "classifier", None), "bias", None)
+    if bias is None:
+        raise ValueError("prune.calibrate: the student has no classifier.bias to carry the shift")
+    with torch.no_grad():
+        bias[1] -= shift
+
+
+def calibrate(model, held, meta: dict, batch_size: int, seed: int) -> dict:
+    """Fit and apply the shift on the held-out rows; what metrics record of it."""
+    logits = loop.predict(model, held, batch_size).astype(np.float64)
+    shift, before, after = best_shift(logits[:, 1] - logits[:, 0], held.labels, meta["metrics"])
+    apply_shift(model, shift)
+    return {"split": "train_split", "split_size": len(held), "split_seed": seed, "logit_shift": round(shift, 6),
+            "held_out_score_before": round(before, 6), "held_out_score_after": round(after, 6)}
+
+
+def apply_average(averagers: list, student, dev, meta: dict, p: dict, main: bool) -> dict | None:
+    """With average_tail: the last step's dev scores on rank 0 (the paired comparison, never a choice),
+    then the tail's mean weights into the student on every rank."""
+    if not averagers:
+        return None
+    last = loop.evaluate(student, dev, meta, p["eval_batch_size"]) if main else None
+    return {"steps": averagers[0].apply(), "last_step_scores": last}
+
+
+def apply_calibration(p: dict, student, held, dev, meta: dict, main: bool) -> dict | None:
+    """With calibrate: train_split, the uncalibrated student's dev scores on rank 0 (the paired control,
+    never a choice), then the logit shift fitted on the held-out train rows, on every rank."""
+    if p["calibrate"] == "none":
+        return None
+    before = loop.evaluate(student, dev, meta, p["eval_batch_size"]) if main else None
+    return {**calibrate(student, held, meta, p["eval_batch_size"], p["seed"]), "uncalibrated_scores": before}
+
+
+def after_fit(p: dict, averagers: list, student, held, dev, meta: dict, main: bool) -> tuple:
+    """The tail average first (calibration fits the threshold of the weights that ship), then the shift."""
+    return apply_average(averagers, student, dev, meta, p, main), apply_calibration(p, student, held, dev, meta, main)
