@@ -20,7 +20,7 @@ from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
 from pipeline.training import device
 from pipeline.training.augment import training_rows
-from pipeline.training.posthoc import TailAverage, after_fit, held_out
+from pipeline.training.posthoc import TailAverage, apply_average, apply_calibration, held_out
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
@@ -103,15 +103,15 @@ def main(params_path: str = "params.yaml") -> dict:
                      eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
                      schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
                      acc=acc, placement=placement)
-        averaged, calibrated = after_fit(p, averagers, student, held, dev, meta, acc.is_main_process)
+        averaged = apply_average(averagers, student, dev, meta, p, acc.is_main_process)
         if pruners:
             pruners[0].detach()
         synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too
         if not acc.is_main_process:  # rank 0 alone finalizes, scores, saves and writes metrics
             return device.finish(acc, result)
         fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"])
-        scores = evaluate(student, dev, meta, p["eval_batch_size"])
-        teacher_scores = evaluate(teacher, dev, meta, p["eval_batch_size"])
+        calibrated = apply_calibration(p, student, held, dev, meta)  # on the weights that ship, N:M made strict
+        scores, teacher_scores = (evaluate(m, dev, meta, p["eval_batch_size"]) for m in (student, teacher))
         with atomic_dir(p["out_dir"]) as out:
             save_model(student, tokenizer, out, slimmed=fin["structured"])
             write_json(out / "sparsity.json", fin["after"])  # per-layer detail; metrics keep the summary

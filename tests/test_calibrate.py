@@ -27,6 +27,15 @@ def test_best_shift_may_lower_the_threshold():
     assert shift == pytest.approx(-1.75) and after == pytest.approx(1.0)
 
 
+def test_best_shift_breaks_a_tie_towards_the_smaller_shift():
+    # shifts in (1, 2) and in (-3, -2) both score 1.0 here; the smaller |shift| wins
+    margins = np.array([-3.0, -2.0, -1.5, 1.0, 2.0, 3.0])
+    labels = np.array([0, 1, 1, 1, 0, 1])
+    assert best_shift(margins, labels, ["accuracy"])[0] == pytest.approx(-2.5)
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    assert best_shift(margins, labels, ["accuracy"])[0] == pytest.approx(1.5)
+
+
 def test_apply_shift_lowers_the_positive_margin_by_the_shift():
     model = torch.nn.Module()
     model.classifier = torch.nn.Linear(3, 2)
@@ -45,32 +54,51 @@ def test_calibration_is_refused_where_there_is_no_single_threshold(meta):
         check_task({**meta, "task": "x"})
 
 
-def test_prune_calibrates_on_held_out_train_rows_only(trained, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"average_tail": True, "epochs": 3}], ids=["last", "tail_average"])
+def test_prune_calibrates_on_held_out_train_rows_only(trained, monkeypatch, extra):
     from pipeline import prune
     from pipeline.core.models import load_trained
     from pipeline.core.tasks import compute_metrics
     from pipeline.core.tokens import load_inputs, split_off
-    from pipeline.training import loop
+    from pipeline.training import loop, teacher_cache
 
     params, write = trained
-    params["prune"].update(calibrate="train_split", epochs=2)
-    predicted = []
-    real = loop.predict
-    monkeypatch.setattr(loop, "predict", lambda model, ds, *a, **k: (predicted.append(ds), real(model, ds, *a, **k))[1])
+    params["prune"].update({"calibrate": "train_split", "epochs": 2, **extra})
+    predicted, cached = [], []
+    real_predict, real_cache = loop.predict, teacher_cache.maybe_build
+    monkeypatch.setattr(loop, "predict",
+                        lambda model, ds, *a, **k: (predicted.append(ds), real_predict(model, ds, *a, **k))[1])
+    monkeypatch.setattr(teacher_cache, "maybe_build",
+                        lambda t, rows, *a: (cached.append(rows), real_cache(t, rows, *a))[1])
     m = prune.main(write(params))
     cal = m["calibration"]
     _, train, dev = load_inputs(params["data"]["out_dir"])
     _, held = split_off(train, params["prune"]["selection_split"], params["prune"]["seed"])
+    rows = lambda ds: {tuple(r) for r in np.split(ds.ids, ds.offsets[1:-1])}  # noqa: E731
     assert m["selection"] == "last" and cal["split_size"] == len(held) == m["selection_split_size"]
-    assert m["train_rows_used"] == len(train) - len(held)
+    assert m["augment"]["train_rows"] == len(train) - len(held)  # distilled on the rest only
+    assert len(cached) == 1 and not rows(cached[0]) & rows(held)  # the teacher's targets too
     assert set(cal["uncalibrated_scores"]) == {k for k in m if f"delta_{k}" in m}
-    fitted_on = [ds for ds in predicted if len(ds) != len(dev)]
-    assert len(fitted_on) == 1 and np.array_equal(fitted_on[0].ids, held.ids)  # the held split, never dev
-    # the saved student carries the shift: it scores held_out_score_after on the held rows
+    fitted_on = [ds for ds in predicted if len(ds) == len(held) and np.array_equal(ds.ids, held.ids)]
+    assert fitted_on and all(np.array_equal(ds.ids, held.ids) or np.array_equal(ds.ids, dev.ids) for ds in predicted)
+    assert (m["tail_average"] is not None) == bool(extra)
+    # the saved student carries the shift: it scores held_out_score_after on the held rows, and the
+    # shift undone gives held_out_score_before
     student = load_trained(params["prune"]["out_dir"])
-    score = compute_metrics(loop.predict(student, held, 32), held.labels, ["accuracy", "f1"], "classification")
-    assert score["score"] == pytest.approx(cal["held_out_score_after"], abs=1e-6)
-    assert cal["held_out_score_after"] >= cal["held_out_score_before"]
+    logits = loop.predict(student, held, 32)
+    score = lambda lg: compute_metrics(lg, held.labels, ["accuracy", "f1"], "classification")["score"]  # noqa: E731
+    assert score(logits) == pytest.approx(cal["held_out_score_after"], abs=1e-6)
+    undone = logits + np.array([0.0, cal["logit_shift"]], np.float32)
+    assert score(undone) == pytest.approx(cal["held_out_score_before"], abs=1e-6)
+
+
+def test_calibration_refuses_a_student_that_saw_the_held_out_rows(project):
+    from pipeline.core.params import ParamsError, validate
+
+    params, _ = project
+    for key, value in (("init", "teacher"), ("reuse_teacher_head", True)):
+        with pytest.raises(ParamsError, match=f"prune.calibrate = 'train_split' with .*the teacher trained on every"):
+            validate("prune", {**params["prune"], "calibrate": "train_split", key: value})
 
 
 def test_seeds_keep_the_uncalibrated_control():

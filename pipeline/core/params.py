@@ -110,6 +110,11 @@ def _check_prune(v: dict) -> None:
     if v["average_tail"] and v["selection"] != "last":
         raise ParamsError(f"params: prune.average_tail = true with prune.selection = {v['selection']!r}: the "
                           "average spans the tail, so no epoch is selected; set selection: last or average_tail: false")
+    if v["calibrate"] != "none" and (v["init"] == "teacher" or v["reuse_teacher_head"]):
+        raise ParamsError(f"params: prune.calibrate = {v['calibrate']!r} with prune.init = {v['init']!r} and "
+                          f"prune.reuse_teacher_head = {v['reuse_teacher_head']}: the teacher trained on every train "
+                          "row, so a student starting from its weights or head has seen the held-out rows; use "
+                          "init: pretrained and reuse_teacher_head: false, or calibrate: none")
     if bad := mismatches(v):
         raise ParamsError(f"params: prune.recipe = {v['recipe']!r} needs " + ", ".join(
             f"prune.{k} = {want!r} (is {have!r})" for k, (have, want) in bad.items())

@@ -150,7 +150,7 @@ TRAIN = {
     "checkpoint_every_steps": Key(int, lo=1),
     "progress": Key(bool),
     "selection": Key(str, choices=("last", "train_split")),  # the last epoch ships, or the best on a train split
-    "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out when selection: train_split
+    "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out for selection: train_split (and prune.calibrate)
     "precision": Key(str, choices=("fp32", "bf16", "fp16")), # mixed precision through Accelerate; fp16 on GPUs only
     "device": Key(str, choices=("auto", "cpu", "cuda")),      # auto: CUDA when one is visible
     "allow_fallback": Key(bool),                              # run what the machine has (recorded) instead of failing
