@@ -110,3 +110,24 @@ def test_seeds_keep_the_uncalibrated_control():
     assert got["uncalibrated_delta_accuracy"] == pytest.approx(-0.10)
     s = summarize([{"target_sparsity": 0.95, "accuracy": a, **got} for a in (0.71, 0.73)])["0.95"]
     assert s["uncalibrated_delta_f1"]["mean"] == pytest.approx(-0.04)
+
+
+def test_threshold_diagnostic_counts_and_ceiling():
+    from eval.threshold import diagnose
+
+    margins = np.array([0.5, 1.0, 1.5, 2.0, 3.0, -1.0])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    d = diagnose(margins, labels)
+    assert (d["predicted_positive"], d["true_positive"], d["true_negative"]) == (5, 2, 0)
+    assert d["accuracy"] == pytest.approx(2 / 6)
+    assert d["best_threshold_accuracy"] == pytest.approx(5 / 6) and d["best_threshold"] == pytest.approx(1.75)
+    assert d["roc_auc"] == pytest.approx(6 / 9)
+
+
+def test_threshold_diagnostic_runs_on_saved_models(trained, capsys):
+    from eval.threshold import main
+
+    params, _ = trained
+    (row,) = main([params["teacher"]["out_dir"], "--data", params["data"]["out_dir"]])
+    assert row["best_threshold_accuracy"] >= row["accuracy"] and 0 <= row["roc_auc"] <= 1
+    assert "roc_auc" in capsys.readouterr().out
