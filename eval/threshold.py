@@ -20,17 +20,12 @@ def confusion(margins: np.ndarray, labels: np.ndarray) -> dict:
             "true_negative": int((~pred & ~pos).sum()), "accuracy": float((pred == pos).mean())}
 
 
-def ceiling(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(the best accuracy any threshold gives on these rows, that threshold); the lowest such threshold."""
-    edges = np.unique(margins)
-    candidates = np.concatenate([[edges[0] - 1.0], (edges[1:] + edges[:-1]) / 2, [edges[-1] + 1.0]])
-    accs = [float(((margins > t) == (labels == 1)).mean()) for t in candidates]
-    best = int(np.argmax(accs))
-    return accs[best], float(candidates[best])
-
-
 def diagnose(margins: np.ndarray, labels: np.ndarray) -> dict:
-    best, at = ceiling(margins, labels)
+    """Counts, ranking, and the best accuracy any threshold gives on these rows (prune.calibrate's own
+    search, here on accuracy; among ties the threshold closest to 0)."""
+    from pipeline.training.posthoc import best_shift
+
+    at, _, best = best_shift(np.asarray(margins, np.float64), labels, ["accuracy"])
     return {**confusion(margins, labels), "roc_auc": float(roc_auc_score(labels, margins)),
             "best_threshold_accuracy": best, "best_threshold": at}
 

@@ -97,7 +97,7 @@ def test_calibration_refuses_a_student_that_saw_the_held_out_rows(project):
 
     params, _ = project
     for key, value in (("init", "teacher"), ("reuse_teacher_head", True)):
-        with pytest.raises(ParamsError, match=f"prune.calibrate = 'train_split' with .*the teacher trained on every"):
+        with pytest.raises(ParamsError, match="prune.calibrate = 'train_split' with .*the teacher trained on every"):
             validate("prune", {**params["prune"], "calibrate": "train_split", key: value})
 
 
