@@ -131,3 +131,27 @@ def test_threshold_diagnostic_runs_on_saved_models(trained, capsys):
     (row,) = main([params["teacher"]["out_dir"], "--data", params["data"]["out_dir"]])
     assert row["best_threshold_accuracy"] >= row["accuracy"] and 0 <= row["roc_auc"] <= 1
     assert "roc_auc" in capsys.readouterr().out
+
+
+def test_threshold_diagnostic_calibrates_on_the_held_out_share_of_train(trained):
+    from eval.threshold import main
+    from pipeline.core.models import load_trained
+    from pipeline.core.tokens import load_inputs, split_off
+    from pipeline.training import loop
+    from pipeline.training.posthoc import headline
+
+    params, _ = trained
+    model_dir, data_dir = params["teacher"]["out_dir"], params["data"]["out_dir"]
+    (row,) = main([model_dir, "--data", data_dir, "--held-out", "0.3", "--held-seed", "5"])
+    meta, train, dev = load_inputs(data_dir)
+    _, held = split_off(train, 0.3, 5)
+    model = load_trained(model_dir).eval()
+    margin = lambda ds: np.diff(loop.predict(model, ds, 32).astype(np.float64), axis=1)[:, 0]  # noqa: E731
+    shift = row["held_out_shift"]
+    assert row["held_out_rows"] == len(held)
+    # fitted on the held rows (not dev), and the dev scores are taken at it
+    assert shift == pytest.approx(best_shift(margin(held), held.labels, meta["metrics"])[0])
+    assert row["calibrated_score"] == pytest.approx(headline(margin(dev), dev.labels, meta["metrics"], shift))
+    assert row["calibrated_accuracy"] == pytest.approx(((margin(dev) > shift) == (dev.labels == 1)).mean())
+    with pytest.raises(SystemExit):  # a share without its seed is refused
+        main([model_dir, "--data", data_dir, "--held-out", "0.3"])

@@ -4,7 +4,7 @@ paired control, never used to choose.
 
 Tail averaging: the student that ships is the mean of its weights over the fixed-sparsity tail, not
 the last step's. At 95% on MRPC the dev accuracy of the tail's epochs (11-16 of 16) spans 76.0 to
-80.9 with no trend (profiles/mrpc/seeds/95-s*), so the last step is one draw from a wide spread.
+80.9 with no trend (profiles/mrpc/recipes/base95/seeds/95-s*), so the last step is one draw from a wide spread.
 Averaging the weights visited along the tail (stochastic weight averaging, Izmailov et al. 2018)
 trades that draw for their centre. Only tail steps are averaged: the masks no longer move there, and
 INC applies them before this hook runs, so a pruned weight is zero at every averaged step and the
