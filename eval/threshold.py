@@ -38,16 +38,14 @@ def diagnose(margins: np.ndarray, labels: np.ndarray) -> dict:
 
 def calibrated(model, train, dev, dev_margins: np.ndarray, meta: dict, fraction: float, seed: int) -> dict:
     """prune.calibrate's shift fitted on the held-out share of train; dev scores with it."""
-    from pipeline.core.tasks import compute_metrics
     from pipeline.core.tokens import split_off
     from pipeline.training.loop import predict
-    from pipeline.training.posthoc import best_shift
+    from pipeline.training.posthoc import best_shift, shifted_scores
 
     _, held = split_off(train, fraction, seed)
     logits = predict(model, held, 64).astype(np.float64)
     shift, _, _ = best_shift(logits[:, 1] - logits[:, 0], held.labels, meta["metrics"])
-    shifted = np.stack([np.zeros_like(dev_margins), dev_margins - shift], axis=1)
-    scores = compute_metrics(shifted, dev.labels, meta["metrics"], "classification")
+    scores = shifted_scores(dev_margins, dev.labels, meta["metrics"], shift)
     return {"held_out_rows": len(held), "held_out_shift": shift, **{f"calibrated_{k}": v for k, v in scores.items()}}
 
 

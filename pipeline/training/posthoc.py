@@ -100,8 +100,13 @@ def held_out(p: dict, meta: dict, train) -> tuple:
 
 def headline(margins: np.ndarray, labels: np.ndarray, metrics: list[str], shift: float) -> float:
     """The task's headline score when "positive" means margin > shift."""
+    return shifted_scores(margins, labels, metrics, shift)["score"]
+
+
+def shifted_scores(margins: np.ndarray, labels: np.ndarray, metrics: list[str], shift: float) -> dict:
+    """The task's metrics when "positive" means margin > shift."""
     logits = np.stack([np.zeros_like(margins), margins - shift], axis=1)
-    return compute_metrics(logits, labels, metrics, "classification")["score"]
+    return compute_metrics(logits, labels, metrics, "classification")
 
 
 def best_shift(margins: np.ndarray, labels: np.ndarray, metrics: list[str]) -> tuple[float, float, float]:
