@@ -6,10 +6,12 @@ MRPC dev has 408 pairs, so one pair is 0.25 accuracy points and a single seed's 
 a point is noise: an accuracy claim is a mean over seeds. Each run (a target sparsity and a seed) gets
 seeds.out_dir/<sparsity>-s<seed>/ with a generated params.yaml: data and teacher point at the base run's
 outputs (the teacher is trained once, by the base run, and shared by every run), prune writes inside
-the folder with that seed and target. A finished run is reused while its params, the data, the
-teacher's weights and the code are those it was trained with, so an interrupted set of seeds picks
-up where it stopped. Output: metrics/seeds.json (every run, the summary per sparsity) and
-metrics/details/seeds.json.
+the folder with that seed and target. seeds.overrides may give one sparsity's runs their own
+distillation rows (`data: {max_train_samples: null}`: the student distils on more text than the teacher
+was tuned on); each such run tokenizes them in its folder first, with the base run's task and dev set.
+A finished run is reused while its params, the data, the teacher's weights and the code are those it
+was trained with, so an interrupted set of seeds picks up where it stopped. Output: metrics/seeds.json
+(every run, the summary per sparsity) and metrics/details/seeds.json.
 """
 from __future__ import annotations
 
@@ -19,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.core.common import Timer, details_path, read_json, write_metrics
-from pipeline.core.params import load_section, metrics_dir, percent, percent_key, upstream_dir, validate
+from pipeline.core.common import Timer, details_path, read_json, sha256_file, write_metrics
+from pipeline.core.params import ParamsError, load_section, metrics_dir, percent, percent_key, upstream_dir, validate
 from pipeline.core.runs import relocate, run_stage, write_params
+from pipeline.core.schema import STUDENT_DATA
 from pipeline.core.tasks import SCORES
 
 SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a seed
+OWN_DATA = "data/tokenized"  # a run with its own distillation rows (seeds.overrides' data) tokenizes them here
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
 LAST = tuple(f"last_step_{k}" for k in KEYS)  # with prune.average_tail: the same run's last-step weights
 UNCALIBRATED = tuple(f"uncalibrated_{k}" for k in KEYS)  # with prune.calibrate: the same run before its shift
@@ -41,18 +45,32 @@ def sparsity_overrides(overrides: dict, sparsity: float) -> dict:
 
 def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path) -> dict:
     """The params of one run: the base prune section with this target's overrides, this seed and
-    target, writing in run_dir."""
+    target, writing in run_dir. An override's `data` keys give the run its own tokenized train rows
+    (in run_dir/OWN_DATA); the teacher and the dev set stay the base run's."""
     out = {s: relocate(s, validate(s, doc[s]), base_dir, run_dir) for s in SHARED}
     prune = relocate("prune", validate("prune", doc["prune"]), base_dir, base_dir, inside=True)
     extra = sparsity_overrides(doc["seeds"]["overrides"], sparsity)
+    if data := extra.pop("data", None):
+        try:
+            own = validate("data", {**doc["data"], **data})
+        except ParamsError as e:
+            raise ParamsError(f"seeds.overrides[{percent(sparsity)!r}].data: {e}") from None
+        out["data"] = {**relocate("data", own, base_dir, run_dir), "out_dir": OWN_DATA}
     out["prune"] = validate("prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False})
     return out
 
 
-def run_record(m: dict, seed: int, epochs: int, verified: bool) -> dict:
+def owns_data(rdoc: dict) -> bool:
+    return rdoc["data"]["out_dir"] == OWN_DATA
+
+
+def run_record(m: dict, seed: int, rdoc: dict, verified: bool) -> dict:
     """What seeds.json keeps of one run's metrics/prune.json. inputs_verified is false for a run reused
-    on its params alone (seeds.reuse: params): its data, teacher and code were not checked."""
-    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"], "epochs": epochs,
+    on its params alone (seeds.reuse: params): its data, teacher and code were not checked. train_rows
+    is the base run's data unless the run distilled on rows of its own (max_train_samples null: all)."""
+    rows = {k: rdoc["data"][k] for k in STUDENT_DATA} if owns_data(rdoc) else "base"
+    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
+            "epochs": rdoc["prune"]["epochs"], "steps": m["steps"], "train_rows": rows,
             **{k: m[k] for k in KEYS if k in m}, **paired(m, "tail_average", "last_step_scores", "last_step"),
             **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"), "selection": m["selection"],
             "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],
@@ -96,14 +114,25 @@ def inputs_fingerprint(params: Path) -> str:
 
 def reusable(params: Path, stamp: Path, done: Path, rdoc: dict, reuse: str) -> bool | None:
     """True: finished with these params and the same inputs (stamp); False: finished with these params
-    and no stamp (a fresh clone), inputs not checked, only with reuse: params; None: run it. A stamp
-    that no longer matches (teacher retrained, code changed) always means run it."""
+    and nothing to check the stamp against (no stamp, as in a fresh clone, or the run's own data folder
+    gone), inputs not checked, only with reuse: params; None: run it. A stamp that no longer matches
+    (teacher retrained, code changed) always means run it."""
     same = params.is_file() and yaml.safe_load(params.read_text()) == rdoc
     if not (done.is_file() and same):
         return None
-    if stamp.is_file():
+    own_data_gone = owns_data(rdoc) and not (upstream_dir("data", params) / "train.safetensors").is_file()
+    if stamp.is_file() and not own_data_gone:
         return True if stamp.read_text() == inputs_fingerprint(params) else None
     return False if reuse == "params" else None
+
+
+def check_dev(params: Path, base_data: Path) -> None:
+    """A run with its own train rows must score on the base run's dev set byte for byte: the teacher's
+    figures it is compared with came from that set (the raw files may have changed since)."""
+    own = upstream_dir("data", params) / "eval.safetensors"
+    if sha256_file(own) != sha256_file(base_data / "eval.safetensors"):
+        raise RuntimeError(f"{params}: its own data stage wrote a dev set ({own}) that differs from the base "
+                           f"run's ({base_data / 'eval.safetensors'}); rerun the base data and teacher stages")
 
 
 def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
@@ -116,10 +145,13 @@ def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) ->
     seconds = 0.0
     if verified is None:
         stamp.unlink(missing_ok=True)
-        seconds = run_stage("prune", params, run_name(sparsity, seed), by="seeds")
+        if owns_data(rdoc):
+            seconds += run_stage("data", params, run_name(sparsity, seed), by="seeds")
+            check_dev(params, upstream_dir("data", params_path))
+        seconds += run_stage("prune", params, run_name(sparsity, seed), by="seeds")
         stamp.write_text(inputs_fingerprint(params))
         verified = True
-    return run_record(read_json(done), seed, rdoc["prune"]["epochs"], verified), seconds
+    return run_record(read_json(done), seed, rdoc, verified), seconds
 
 
 def main(params_path: str = "params.yaml") -> dict:
@@ -140,7 +172,7 @@ def main(params_path: str = "params.yaml") -> dict:
         print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st
                                           if k.startswith("delta_")) + f" over {st['n']} seeds")
     return write_metrics("seeds", {"teacher": f"once: the base run's ({base['out_dir']}, seed {base['seed']})",
-                                   "runs": runs, "summary": summary, "prune_wall_time_s": round(stage_s, 2),
+                                   "runs": runs, "summary": summary, "stage_wall_time_s": round(stage_s, 2),
                                    "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
                          ("teacher", "runs", "summary", "wall_time_s"))
 

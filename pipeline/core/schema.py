@@ -94,25 +94,29 @@ def _points(v):
     return next((f"point {k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
 
 
-def _seed_list(v):
-    if not v or len(set(v)) != len(v) or any(i < 0 for i in v):
-        return "must be a non-empty list of distinct seeds >= 0"
+def _distinct(what: str, ok):
+    return lambda v: None if v and len(set(v)) == len(v) and all(map(ok, v)) else f"must be a non-empty list of distinct {what}"
 
 
-def _sparsity_list(v):
-    if not v or len(set(v)) != len(v) or any(not 0 <= s < 1 for s in v):
-        return "must be a non-empty list of distinct target sparsities in [0, 1)"
+STUDENT_DATA = ("max_train_samples", "seed")  # a seeds override's `data`: which train rows the student distils on
 
 
 def _sparsity_overrides(v):
     """seeds.overrides: {"95": {epochs: 16}}: prune keys for the runs at one target sparsity (in percent,
-    as the run folders name it), so a longer recipe at a higher sparsity is stated, not hand-run."""
+    as the run folders name it), so a longer recipe at a higher sparsity is stated, not hand-run; `data`
+    may give them their own train rows. The task, files, dev set and teacher stay the base run's."""
     if bad := [k for k in v if not re.fullmatch(r"\d+(\.\d+)?", str(k)) or not 0 <= float(k) < 100]:
         return f"keys {bad} must be target sparsities in percent, as the run folders name them (e.g. '95')"
     fixed = [k for k, x in v.items() if isinstance(x, dict) and {"seed", "target_sparsity"} & set(x)]
     if fixed:
         return f"overrides for {fixed} may not set seed or target_sparsity: seeds.seeds and seeds.target_sparsities do"
-    return next((f"{k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
+    for k, x in v.items():
+        own = isinstance(x, dict) and "data" in x
+        if own and (not isinstance(x["data"], dict) or not x["data"] or set(x["data"]) - set(STUDENT_DATA)):
+            return (f"{k!r}: data must be a non-empty mapping of {', '.join(STUDENT_DATA)} (the rest of the data "
+                    f"section stays the base run's, as the teacher does), e.g. data: {{max_train_samples: null}}; got {x['data']!r}")
+        if e := _overridable("prune", {a: b for a, b in x.items() if a != "data"} if own else x):
+            return f"{k!r}: {e}"
 
 
 LAUNCHERS = ("python", "torchrun", "accelerate launch")
@@ -283,8 +287,8 @@ SCHEMA = {
     },
     "seeds": {
         "out_dir": Key(str, path=True),
-        "seeds": Key(list, item=int, check=_seed_list),
-        "target_sparsities": Key(list, item=float, check=_sparsity_list),
+        "seeds": Key(list, item=int, check=_distinct("seeds >= 0", lambda i: i >= 0)),
+        "target_sparsities": Key(list, item=float, check=_distinct("target sparsities in [0, 1)", lambda s: 0 <= s < 1)),
         "overrides": Key(dict, check=_sparsity_overrides),
         "reuse": Key(str, choices=("verified", "params")),
     },
