@@ -114,14 +114,12 @@ def inputs_fingerprint(params: Path) -> str:
 
 def reusable(params: Path, stamp: Path, done: Path, rdoc: dict, reuse: str) -> bool | None:
     """True: finished with these params and the same inputs (stamp); False: finished with these params
-    and nothing to check the stamp against (no stamp, as in a fresh clone, or the run's own data folder
-    gone), inputs not checked, only with reuse: params; None: run it. A stamp that no longer matches
-    (teacher retrained, code changed) always means run it."""
+    and no stamp (a fresh clone), inputs not checked, only with reuse: params; None: run it. A stamp
+    that no longer matches (teacher retrained, code changed) always means run it."""
     same = params.is_file() and yaml.safe_load(params.read_text()) == rdoc
     if not (done.is_file() and same):
         return None
-    own_data_gone = owns_data(rdoc) and not (upstream_dir("data", params) / "train.safetensors").is_file()
-    if stamp.is_file() and not own_data_gone:
+    if stamp.is_file():
         return True if stamp.read_text() == inputs_fingerprint(params) else None
     return False if reuse == "params" else None
 
@@ -135,19 +133,28 @@ def check_dev(params: Path, base_data: Path) -> None:
                            f"run's ({base_data / 'eval.safetensors'}); rerun the base data and teacher stages")
 
 
+def tokenize_own(params: Path, run: str, base_data: Path) -> float:
+    seconds = run_stage("data", params, run, by="seeds")
+    check_dev(params, base_data)
+    return seconds
+
+
 def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) -> tuple[dict, float]:
     run_dir = Path(p["out_dir"]) / run_name(sparsity, seed)
     params, stamp = run_dir / "params.yaml", run_dir / "inputs.sha256"
     rdoc = run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir)
     done = details_path(run_dir / "metrics", "prune")
+    own, base_data, seconds = owns_data(rdoc), upstream_dir("data", params_path), 0.0
+    retokenize = own and stamp.is_file() and not (run_dir / OWN_DATA / "train.safetensors").is_file() \
+        and yaml.safe_load(params.read_text()) == rdoc  # its data folder is not kept: tokenize, then check the stamp
+    if retokenize:
+        seconds += tokenize_own(params, run_name(sparsity, seed), base_data)
     verified = reusable(params, stamp, done, rdoc, p["reuse"])
     write_params(params, rdoc, "seeds")
-    seconds = 0.0
     if verified is None:
         stamp.unlink(missing_ok=True)
-        if owns_data(rdoc):
-            seconds += run_stage("data", params, run_name(sparsity, seed), by="seeds")
-            check_dev(params, upstream_dir("data", params_path))
+        if own and not retokenize:
+            seconds += tokenize_own(params, run_name(sparsity, seed), base_data)
         seconds += run_stage("prune", params, run_name(sparsity, seed), by="seeds")
         stamp.write_text(inputs_fingerprint(params))
         verified = True

@@ -51,8 +51,8 @@ def test_seeds_overrides_per_sparsity_and_reuse_on_params(trained):
 def test_a_seeds_override_gives_its_runs_their_own_distillation_rows(trained):
     """seeds.overrides' data keys: the 60% run tokenizes its own train rows in its folder (the dev set and
     the teacher stay the base run's) and says so in seeds.json; the 50% run uses the base data. A bad data
-    value fails before any run trains; a run whose own data folder is gone is tokenized and trained again,
-    and refused if its dev set no longer equals the base run's."""
+    value fails before any run trains; a run whose own data folder is gone is tokenized again and still
+    reused while its stamp matches, and refused if its dev set no longer equals the base run's."""
     from pipeline import seeds
     from pipeline.core.params import ParamsError
 
@@ -75,9 +75,10 @@ def test_a_seeds_override_gives_its_runs_their_own_distillation_rows(trained):
     assert m["runs"][1]["steps"] < m["runs"][0]["steps"]  # fewer rows, fewer steps at the same batch size
     again = seeds.main(write(params))
     assert again["runs"] == m["runs"] and again["stage_wall_time_s"] == 0
-    shutil.rmtree(own)
+    shutil.rmtree(own)  # its data folder is not kept: tokenized again, the stamp still matches, no retraining
     third = seeds.main(write(params))
-    assert third["stage_wall_time_s"] > 0 and (own / "train.safetensors").is_file()
+    assert third["runs"] == m["runs"] and third["stage_wall_time_s"] > 0 and (own / "train.safetensors").is_file()
+    assert all(r["inputs_verified"] for r in third["runs"])
     shutil.rmtree(own)  # a dev set that no longer matches the teacher's is refused before pruning
     params["seeds"]["target_sparsities"] = [0.6]
     (base_data / "eval.safetensors").write_bytes((base_data / "eval.safetensors").read_bytes() + b" ")
