@@ -26,6 +26,31 @@ def add_speedups(results: list[dict]) -> None:
         r["speedup_vs_baseline"] = round(r["throughput_seq_per_s"] / b, 3) if b else None
 
 
+def versus_teacher(results: list[dict]) -> dict:
+    """What pruning bought: per backend timed for both, per shape, the teacher's p50 over the student's
+    (the same runtime and precision, so only the model differs; at a fixed batch throughput is the
+    inverse of latency). {"ov-int8": {"b32xs128": 3.1, ...}, ...}, one stream."""
+    p50 = {(r["model"], r["backend"], r["batch"], r["seq_len"]): r["latency_ms_p50"] for r in results
+           if r["streams"] == 1}
+    out = {}
+    for (model, backend, b, s), student in p50.items():
+        teacher = p50.get(("teacher", backend, b, s))
+        if model == "student" and teacher:
+            out.setdefault(backend, {})[f"b{b}xs{s}"] = round(teacher / student, 3)
+    return out
+
+
+def versus_torch(results: list[dict]) -> dict:
+    """The student's best backend per shape against the PyTorch FP32 teacher (speedup_vs_baseline)."""
+    out = {}
+    for r in results:
+        if r["model"] == "student" and r["streams"] == 1 and r.get("speedup_vs_baseline"):
+            key = f"b{r['batch']}xs{r['seq_len']}"
+            if r["speedup_vs_baseline"] > out.get(key, {}).get("x", 0):
+                out[key] = {"x": r["speedup_vs_baseline"], "backend": r["backend"]}
+    return {k: v["x"] for k, v in out.items()}, {k: v["backend"] for k, v in out.items()}
+
+
 def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
     from deploy.backends import load
     from eval.harness import async_streams, settled, stability, summarize, synthetic_feed, time_loop
@@ -116,13 +141,19 @@ def main(params_path: str = "params.yaml") -> dict:
         if c.get("gap_over_15pct"):
             print(f"[bench] cross-check gap: ours {c['ours_seq_per_s']} vs benchmark_app "
                   f"{c['benchmark_app_seq_per_s']} seq/s at b{c['batch']} s{c['seq_len']}")
-    return write_metrics("bench", {"hardware": cpu_info(), "threads": threads, "baseline": BASELINE,
+    vs_torch, vs_torch_backend = versus_torch(results)
+    return write_metrics("bench", {"speedup_vs_teacher_x": versus_teacher(results),
+                                   "speedup_vs_torch_fp32_teacher_x": vs_torch,
+                                   "speedup_vs_torch_fp32_teacher_backend": vs_torch_backend,
+                                   "cpu": cpu_info()["cpu"], "hardware": cpu_info(), "threads": threads,
+                                   "baseline": BASELINE,
                                    "grid": {"batch_sizes": p["batch_sizes"], "seq_lens": p["seq_lens"],
                                             "streams": p["streams"]},
                                    "results": results, "crosscheck": checks,
                                    "unstable_cells": sum(bool(r.get("unstable")) for r in results),
                                    "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path),
-                         ("unstable_cells", "wall_time_s"))
+                         ("speedup_vs_teacher_x", "speedup_vs_torch_fp32_teacher_x", "cpu", "threads",
+                          "unstable_cells", "wall_time_s"))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def runtime_config(target: str, compile_dir: Path) -> dict:
     t = TARGETS[target]
     if t["runtime"] == "openvino":
         return ov_config(read_json(compile_dir / "compile_config.json"), t["source"],
-                         None if target == "openvino-int8" else "f32", sparse=True)
+                         None if t["source"] == "int8.xml" else "f32", sparse=t["sparse"])
     return {"providers": [PROVIDERS[n] for n in read_json(compile_dir / "ort_config.json")["providers"]]}
 
 
@@ -129,19 +129,21 @@ def build_bundles(model: str, target: dict, p: dict, dirs: dict, meta: dict, row
     return record
 
 
-def repositories(model: str, p: dict, dirs: dict, bundle: Path, meta: dict, rows: list, out: Path) -> dict:
+def repositories(model: str, p: dict, dirs: dict, bundle: Path, meta: dict, rows: list, out: Path,
+                 target: dict) -> dict:
     """out/ovms and out/triton entries for one model. OVMS serves the bundle's IR when the bundle is
     OpenVINO (string-in if fused), else the INT8 IR fused here; Triton gets ONNX (CPU INT8, GPU FP32
     with TensorRT) and the token-in INT8 IR on its openvino backend, which has no tokenizer ops."""
     from deploy import repository as repo
     from deploy.runner import CONFIG_FILE, MANIFEST_FILE
+    from deploy.target import fastest_ov_int8
 
     compiled, engine = dirs["compile"] / model, read_json(bundle / MANIFEST_FILE)["engine"]
     with tempfile.TemporaryDirectory() as tmp:
         if engine.startswith("openvino"):
             xml, plugin, string_in = bundle / "model.xml", read_json(bundle / CONFIG_FILE), engine == "openvino-text"
         else:
-            plugin = runtime_config("openvino-int8", compiled)
+            plugin = runtime_config(fastest_ov_int8(target["candidates"]), compiled)
             fused, why = (fused_model(dirs["tokenizer"], compiled / "int8.xml", rows, meta["max_length"],
                                       p["parity_atol"], Path(tmp)) if p["string_input"]
                           else (None, {"fused": False, "why_not": "deploy.string_input is false"}))
@@ -207,7 +209,7 @@ def main(params_path: str = "params.yaml") -> dict:
                 target = targets[m]
                 results[m] = build_bundles(m, target, p, dirs, meta, rows, bundles, threads)
                 results[m]["bundle_size"] = folder_size(bundles / m)
-                results[m].update(repositories(m, p, dirs, bundles / m, meta, rows, serving))
+                results[m].update(repositories(m, p, dirs, bundles / m, meta, rows, serving, targets[m]))
                 print(f"[deploy] {m}: {target['target']} ({target['reason']})")
             checks = {"ovms": repo.validate_ovms(serving / "ovms"), "triton": repo.validate_triton(serving / "triton")}
     record = {"models": results, "repositories": checks, "wall_time_s": round(t.seconds, 2),

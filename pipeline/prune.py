@@ -43,7 +43,23 @@ def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
     return q
 
 
-def pruner_hook(p: dict, acc, pruning: bool):
+def reached(planned: dict, student) -> dict:
+    """The slimmed student's shapes against the plan, and the speed-up the table predicts for them;
+    a student predicted below a target fails the stage (kept, with the reason, in the error)."""
+    from pipeline.core.models import slim_shapes
+    from pipeline.training import plan
+
+    shapes = slim_shapes(student)
+    model = planned["cost_model"]
+    speed = {s: round(model.speedup(s, shapes), 3) for s in planned["targets"]}
+    short = {s: v for s, v in speed.items() if v < planned["targets"][s] * 0.98}
+    if short:
+        raise PruneError(f"the slimmed student ({shapes}) is predicted at {short}, below the speed targets "
+                         f"{planned['targets']}: {plan.check_reached(shapes, planned)}")
+    return {"predicted_speedup": speed, "matches_plan": plan.check_reached(shapes, planned) or "yes"}
+
+
+def pruner_hook(p: dict, acc, pruning: bool, planned: dict | None = None):
     """fit()'s `prepare`: INC's pruner on the model and Accelerate's optimizer, its mask hashes checked
     across ranks at every update, and with average_tail the tail's weight average hooked after it.
     Returns (prepare, [the pruner once built], [the averager once built], [agreed mask hashes])."""
@@ -56,7 +72,7 @@ def pruner_hook(p: dict, acc, pruning: bool):
     def prepare(model, optimizer, total_steps):
         extra = NoExtra()  # pure distillation, e.g. a layer-dropped student
         if pruning:
-            extra = inc.Pruner(model, optimizer, p, total_steps,
+            extra = inc.Pruner(model, optimizer, p, total_steps, structure=planned,
                                on_update=lambda masks, step: synced.append(device.check_in_sync(acc, masks, step)))
             pruners.append(extra)
         if p["average_tail"]:  # from the step after the last mask update (INC counts steps from 0)
@@ -74,6 +90,9 @@ def main(params_path: str = "params.yaml") -> dict:
     placement, acc = device.setup(p, "prune")  # a missing CUDA or bf16 fails here, before the teacher cache
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
+    from pipeline.training.plan import for_params
+
+    planned = for_params(p, params_path, threads, acc)
     from pipeline.core.models import load_tokenizer, load_trained, save_model, weights_sha256
     from pipeline.core.tasks import baseline_scores
     from pipeline.core.tokens import load_inputs
@@ -88,15 +107,15 @@ def main(params_path: str = "params.yaml") -> dict:
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False).to(acc.device)
-    student = st.build_student(p, meta, teacher_dir, teacher)
+    student = st.build_student(p, meta, teacher_dir, teacher, planned and planned["keep_layers"])
     st.check_pattern(student, p)
     dense = sparsity.summarize(teacher)
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     t_hidden, t_att = st.teacher_layers(p, mapping)
     cache, cache_info = maybe_build(teacher, rows, t_hidden, p["teacher_cache_mb"], t_att)
     loss_fn = st.make_loss(teacher, p, meta["problem_type"] == "regression", mapping, cache)
-    pruning = p["target_sparsity"] > 0
-    prepare, pruners, averagers, synced = pruner_hook(p, acc, pruning)
+    pruning = p["target_sparsity"] > 0 or bool(planned and (planned["mha_sparsity"] or planned["ffn_sparsity"]))
+    prepare, pruners, averagers, synced = pruner_hook(p, acc, pruning, planned)
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
         result = fit(student, rows, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
@@ -109,7 +128,8 @@ def main(params_path: str = "params.yaml") -> dict:
         synced.append(device.check_in_sync(acc, sparsity.zero_masks(student), result["steps"]))  # final zeros too
         if not acc.is_main_process:  # rank 0 alone finalizes, scores, saves and writes metrics
             return device.finish(acc, result)
-        fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"])
+        fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"], planned)
+        speed = reached(planned, student) if planned else None
         calibrated = apply_calibration(p, student, held, dev, meta)  # on the weights that ship, N:M made strict
         scores, teacher_scores = (evaluate(m, dev, meta, p["eval_batch_size"]) for m in (student, teacher))
         with atomic_dir(p["out_dir"]) as out:
@@ -123,7 +143,8 @@ def main(params_path: str = "params.yaml") -> dict:
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
-        "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),
+        "structure_plan": planned and {k: v for k, v in planned.items() if k != "cost_model"},
+        "structure_reached": speed, "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),
         "mask_sync": {"checks": len(synced), "final_digest": synced[-1]}}, threads, metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics

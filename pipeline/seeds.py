@@ -32,6 +32,7 @@ OWN_DATA = "data/tokenized"  # a run with its own distillation rows (seeds.overr
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
 LAST = tuple(f"last_step_{k}" for k in KEYS)  # with prune.average_tail: the same run's last-step weights
 UNCALIBRATED = tuple(f"uncalibrated_{k}" for k in KEYS)  # with prune.calibrate: the same run before its shift
+SPEED = ("speedup_vs_teacher_shipped_x", "speedup_vs_teacher_shipped_b1_x")  # with seeds.bench
 
 
 def run_name(sparsity: float, seed: int) -> str:
@@ -93,8 +94,8 @@ def summarize(runs: list[dict]) -> dict:
     for s in sorted({r["target_sparsity"] for r in runs}):
         rs = [r for r in runs if r["target_sparsity"] == s]
         stats = {"n": len(rs)}
-        for k in KEYS + LAST + UNCALIBRATED:
-            v = np.array([r[k] for r in rs if k in r], np.float64)
+        for k in KEYS + LAST + UNCALIBRATED + SPEED:
+            v = np.array([r[k] for r in rs if r.get(k) is not None], np.float64)
             if len(v):
                 stats[k] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6),
                             "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
@@ -161,6 +162,57 @@ def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) ->
     return run_record(read_json(done), seed, rdoc, verified), seconds
 
 
+BENCH_STAGES = ("export", "compile", "bench")
+BENCH_BACKENDS = ["torch-fp32", "ort-int8", "ov-int8", "ov-int8-dense"]
+
+
+def bench_doc(doc: dict, run_dir: Path, base_dir: Path) -> dict:
+    """A run's params with export, compile and bench of the teacher and its student inside its folder:
+    the INT8 backends a student ships on and the PyTorch FP32 baseline, at deploy.shape and at batch 1."""
+    rdoc = yaml.safe_load((run_dir / "params.yaml").read_text())
+    d = validate("deploy", doc["deploy"])
+    sections = {s: relocate(s, validate(s, doc[s]), base_dir, base_dir, inside=True) for s in BENCH_STAGES}
+    sections["export"]["models"] = sections["compile"]["models"] = ["teacher", "student"]
+    sections["bench"].update(models=["teacher", "student"], backends=BENCH_BACKENDS, crosscheck_shapes=[],
+                             batch_sizes=sorted({d["shape"][0], 1}),
+                             seq_lens=sorted({d["shape"][1], d["latency_tokens"]}))
+    return {**rdoc, **sections}
+
+
+def speed_record(bench: dict, deploy: dict) -> dict:
+    """What seeds.json keeps of a run's bench: the student's speed-up over the teacher per backend at
+    deploy.shape and at [1, deploy.latency_tokens], and on its fastest backend at deploy.shape (what
+    `deploy.target: auto` ships when eval finds it within tolerance)."""
+    b, s = deploy["shape"]
+    shapes = (f"b{b}xs{s}", f"b1xs{deploy['latency_tokens']}")
+    ratios = {k: {x: v[x] for x in shapes if x in v} for k, v in bench["speedup_vs_teacher_x"].items()}
+    student = [r for r in bench_rows(bench) if r["model"] == "student" and (r["batch"], r["seq_len"]) == (b, s)]
+    fastest = max(student, key=lambda r: r["throughput_seq_per_s"])["backend"]
+    return {"speedup_vs_teacher_x": ratios, "speed_backend": fastest,
+            "speedup_vs_teacher_shipped_x": ratios[fastest][shapes[0]],
+            "speedup_vs_teacher_shipped_b1_x": ratios[fastest].get(shapes[1]), "bench_cpu": bench["cpu"]}
+
+
+def bench_rows(bench: dict) -> list[dict]:
+    return [r for r in bench["results"] if r["streams"] == 1]
+
+
+def bench_runs(doc: dict, runs: list[dict], p: dict, params_path: str) -> float:
+    """export, compile and bench in every run's folder, one after another once all have trained, so no
+    timing runs beside training; adds each run's speed record. Returns the stages' wall seconds."""
+    base_dir, seconds = Path(params_path).parent, 0.0
+    deploy = validate("deploy", doc["deploy"])
+    for r in runs:
+        name = run_name(r["target_sparsity"], r["seed"])
+        run_dir = Path(p["out_dir"]) / name
+        params = run_dir / "params.yaml"
+        write_params(params, bench_doc(doc, run_dir, base_dir), "seeds")
+        for stage in BENCH_STAGES:
+            seconds += run_stage(stage, params, name, by="seeds")
+        r.update(speed_record(read_json(details_path(run_dir / "metrics", "bench")), deploy))
+    return seconds
+
+
 def main(params_path: str = "params.yaml") -> dict:
     p = load_section("seeds", params_path)
     doc = yaml.safe_load(Path(params_path).read_text())
@@ -174,6 +226,8 @@ def main(params_path: str = "params.yaml") -> dict:
                 record, seconds = one_run(doc, sparsity, seed, p, params_path)
                 runs.append(record)
                 stage_s += seconds
+        if p["bench"]:
+            stage_s += bench_runs(doc, runs, p, params_path)
     summary = summarize(runs)
     for s, st in summary.items():
         print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.target import CHOICES, TargetError, choose
+from deploy.target import CHOICES, TargetError, choose, fastest_ov_int8
 from pipeline.core.schema import TARGET_CHOICES
 
 # Student throughput at b32 x s128 (seq/s), ../shared/reference/SERVING.md
@@ -24,7 +24,8 @@ def bench_rows(figures: dict, model="student", shape=(32, 128)) -> list[dict]:
 
 
 def eval_rows(flagged=(), model="student") -> list[dict]:
-    return [{"model": model, "backend": b, "flagged": b in flagged} for b in ("ov-int8", "ov-fp32", "ort-int8", "ort-fp32")]
+    return [{"model": model, "backend": b, "flagged": b in flagged}
+            for b in ("ov-int8", "ov-int8-dense", "ov-fp32", "ort-int8", "ort-fp32")]
 
 
 def test_schema_targets_are_the_target_registry():
@@ -42,6 +43,25 @@ def test_auto_skips_a_target_outside_eval_tolerance_and_other_shapes():
     got = choose("auto", "student", (32, 128), bench_rows(AVX2) + bench_rows({"ov-int8": 1e6}, shape=(1, 32)),
                  eval_rows(flagged=("ort-int8",)))
     assert got["target"] == "openvino-fp32"  # ort-int8 is faster but drifted; the b1 cell is another shape
+
+
+def test_auto_turns_the_sparse_kernel_off_when_bench_says_it_is_slower():
+    """The 90% student on an AMX Xeon (issue 26): the sparse kernel at 250.4 seq/s, the same IR without it at 290.9."""
+    got = choose("auto", "student", (32, 128), bench_rows({**AMX, "ov-int8": 250.4, "ov-int8-dense": 290.9}),
+                 eval_rows())
+    assert got["target"] == "openvino-int8-dense"
+    assert fastest_ov_int8(got["candidates"]) == "openvino-int8-dense"
+    kept = choose("auto", "student", (32, 128), bench_rows({**AMX, "ov-int8-dense": 300.0}), eval_rows())
+    assert kept["target"] == "openvino-int8"
+
+
+def test_bundle_config_carries_the_kernel_choice(tmp_path):
+    from pipeline.deploy import runtime_config
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE": "0.8800"}
+    (tmp_path / "compile_config.json").write_text(json.dumps(config))
+    assert runtime_config("openvino-int8", tmp_path) == config
+    assert runtime_config("openvino-int8-dense", tmp_path) == {"INFERENCE_PRECISION_HINT": "f32"}
 
 
 def test_named_target_is_kept_and_says_when_eval_flagged_it():

@@ -141,21 +141,3 @@ if __name__ == "__main__":
             rewrite(rel)
     for where, cmd, listed in dvc_stages():
         print(f"{where}:", *sorted(expected_deps(cmd)), sep="\n  - ")
-
-
-def over_the_limits(max_module: int = 300, max_function: int = 60) -> list[str]:
-    """House limits: modules of at most 300 lines, functions of at most 60."""
-    bad = []
-    for f in sorted(p for pkg in (*PACKAGES, "tests") for p in (ROOT / pkg).rglob("*.py")):
-        text = f.read_text()
-        if (n := len(text.splitlines())) > max_module:
-            bad.append(f"{f.relative_to(ROOT)}: {n} lines")
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and \
-                    (n := node.end_lineno - node.lineno + 1) > max_function:
-                bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}(): {n} lines")
-    return bad
-
-
-def test_modules_and_functions_within_the_house_limits():
-    assert over_the_limits() == []

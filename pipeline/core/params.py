@@ -1,7 +1,8 @@
 """params.yaml validation and loading: every stage validates its own section before it loads anything heavy.
 
-The schema is data (pipeline.core.schema). Every key is required, unknown keys are errors, and each
-error names the key, the bad value and what is allowed. Paths are relative to the params file.
+The schema is data (pipeline.core.schema). Every key is required unless the schema marks it optional
+(then its default fills in), unknown keys are errors, and each error names the key, the bad value and
+what is allowed. Paths are relative to the params file.
 """
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ def validate(section: str, values) -> dict:
     if unknown:
         raise ParamsError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
                           f"allowed: {', '.join(schema)}")
-    missing = [k for k in schema if k not in values]
+    missing = [k for k, spec in schema.items() if k not in values and not spec.optional]
     if missing:
         raise ParamsError(f"params: missing key(s) {', '.join(f'{section}.{k}' for k in missing)}")
+    values = {**{k: spec.default for k, spec in schema.items() if spec.optional}, **values}
     for name, spec in schema.items():
         _check_key(section, name, spec, values[name])
     CROSS_CHECKS.get(section, lambda v: None)(values)
@@ -103,9 +105,11 @@ def _check_prune(v: dict) -> None:
     if v["augment_copies"] and v["alpha_ce"]:
         raise ParamsError(f"params: prune.augment_copies = {v['augment_copies']} with prune.alpha_ce = "
                           f"{v['alpha_ce']}: augmented copies have no true label; set alpha_ce: 0 (distil only) or augment_copies: 0")
-    if v["average_tail"] and (v["target_sparsity"] == 0 or v["end"] >= 1):
+    planned = v["speedup"] or v["latency_speedup"]
+    if v["average_tail"] and (v["target_sparsity"] == 0 and not planned or v["end"] >= 1):
         raise ParamsError(f"params: prune.average_tail = true needs a fixed-sparsity tail to average: "
-                          f"prune.target_sparsity = {v['target_sparsity']} (must be > 0) and prune.end = {v['end']} "
+                          f"prune.target_sparsity = {v['target_sparsity']} (must be > 0, or a speed target set) and "
+                          f"prune.end = {v['end']} "
                           "(must be < 1)")
     if v["average_tail"] and v["selection"] != "last":
         raise ParamsError(f"params: prune.average_tail = true with prune.selection = {v['selection']!r}: the "
@@ -115,6 +119,10 @@ def _check_prune(v: dict) -> None:
                           f"prune.reuse_teacher_head = {v['reuse_teacher_head']}: the teacher trained on every train "
                           "row, so a student starting from its weights or head has seen the held-out rows; use "
                           "init: pretrained and reuse_teacher_head: false, or calibrate: none")
+    if (v["speedup"] or v["latency_speedup"]) and v["target_sparsity"] > 0:
+        raise ParamsError(f"params: prune.speedup = {v['speedup']} / prune.latency_speedup = {v['latency_speedup']} "
+                          f"plan a slimmed structure (layers, heads, FFN); sparsity on top of it is not supported "
+                          f"yet: set prune.target_sparsity: 0 (is {v['target_sparsity']}), or both speed targets null")
     if bad := mismatches(v):
         raise ParamsError(f"params: prune.recipe = {v['recipe']!r} needs " + ", ".join(
             f"prune.{k} = {want!r} (is {have!r})" for k, (have, want) in bad.items())

@@ -23,6 +23,8 @@ class Key:
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
     path: bool | str = False         # relative to the params file's directory; "local": see params.is_path
+    default: object = None           # the value a params file that leaves the key out gets (with optional=True)
+    optional: bool = False           # False: every params file must set it
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
@@ -134,7 +136,8 @@ def _shape(v):
 
 
 # Kept here (not imported from deploy.backends) so validation never imports a runtime.
-TARGET_CHOICES = ("auto", "openvino-int8", "openvino-fp32", "onnxruntime-int8", "onnxruntime-fp32")  # deploy.target
+TARGET_CHOICES = ("auto", "openvino-int8", "openvino-int8-dense", "openvino-fp32", "onnxruntime-int8",
+                  "onnxruntime-fp32")  # deploy.target
 BACKENDS = ("torch-fp32", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-dense")
 PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, short names
 MODELS = tuple(MODEL_STAGES)  # the deployable models
@@ -211,6 +214,12 @@ SCHEMA = {
         "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
         "average_tail": Key(bool),                   # ship the mean of the tail's weights (pipeline.training.posthoc)
         "calibrate": Key(str, choices=("none", "train_split")),  # shift the positive logit, fitted on held-out train rows
+        # A speed target: kasp times candidate shapes on this CPU and slims the student (layers, heads, FFN)
+        # to reach it with the most weights kept (pipeline.training.plan); the ratio is the student's over
+        # the teacher's on speed_backend, throughput at deploy.shape and p50 at [1, deploy.latency_tokens].
+        "speedup": Key(float, lo=1, nullable=True, optional=True),
+        "latency_speedup": Key(float, lo=1, nullable=True, optional=True),
+        "speed_backend": Key(str, choices=("ov-int8", "ort-int8"), optional=True, default="ov-int8"),
         **TRAIN,
     },
     "export": {
@@ -291,6 +300,9 @@ SCHEMA = {
         "target_sparsities": Key(list, item=float, check=_distinct("target sparsities in [0, 1)", lambda s: 0 <= s < 1)),
         "overrides": Key(dict, check=_sparsity_overrides),
         "reuse": Key(str, choices=("verified", "params")),
+        # true: after every run has trained, each run's student and the teacher go through export, compile
+        # and bench in its folder, and seeds.json records the student's speed-up over the teacher
+        "bench": Key(bool, optional=True, default=False),
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),

@@ -84,13 +84,18 @@ def register_cubic() -> None:
             return min(target_ratio, cubic_sparsity(capped, current_prune_step, total_prune_steps, init_sparsity_ratio))
 
 
-def pruning_configs(model, p: dict, total_steps: int) -> list[dict]:
+def pruning_configs(model, p: dict, total_steps: int, structure: dict | None = None) -> list[dict]:
+    """INC's configs: `structure` (a planned student: pipeline.training.plan) prunes heads and FFN
+    channels to its own two targets; otherwise prune.pattern at prune.target_sparsity."""
     from neural_compressor.compression.pruner import parse_auto_slim_config
 
     start, end, freq = step_range(p, total_steps)
     common = {"pruning_type": p["pruning_type"], "pruning_scope": p["scope"], "start_step": start,
               "end_step": end, "pruning_frequency": freq, "sparsity_decay_type": p["decay"],
               "excluded_op_names": list(p["excluded"]), "max_sparsity_ratio_per_op": 0.99}
+    if structure is not None:
+        return parse_auto_slim_config(model, ffn2_sparsity=structure["ffn_sparsity"],
+                                      mha_sparsity=structure["mha_sparsity"], **common)
     if p["pattern"] == "channelx1":
         # FFN second Linear by input channel + whole attention heads: both can be sliced away afterwards.
         return parse_auto_slim_config(model, ffn2_sparsity=p["target_sparsity"], mha_sparsity=p["target_sparsity"],
@@ -101,7 +106,7 @@ def pruning_configs(model, p: dict, total_steps: int) -> list[dict]:
 class Pruner:
     """INC pruning attached to a model and optimizer, with checkpointable state."""
 
-    def __init__(self, model, optimizer, p: dict, total_steps: int, on_update=None):
+    def __init__(self, model, optimizer, p: dict, total_steps: int, on_update=None, structure=None):
         """`on_update(masks, step)` runs after each of INC's mask updates (the data-parallel mask check)."""
         from neural_compressor import WeightPruningConfig
         from neural_compressor.compression.pruner import prepare_pruning
@@ -112,7 +117,7 @@ class Pruner:
             register_movement()
         register_cubic()
         orig_save = torch.save
-        configs = pruning_configs(model, p, total_steps)
+        configs = pruning_configs(model, p, total_steps, structure)
         self.model, self.optimizer = model, optimizer
         self.pruning = prepare_pruning(model, WeightPruningConfig(configs), optimizer=optimizer)
         torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide

@@ -52,10 +52,12 @@ def check_target(achieved: float, target: float, tolerance: float, hint: str = "
                          f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier{hint}")
 
 
-def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
-    """After training: make N:M strict, slim structured students, measure, and check the target."""
+def finalize(student, p: dict, teacher_config, dense_ref: int, planned: dict | None = None) -> dict:
+    """After training: make N:M strict, slim structured students, measure, and check the target (a planned
+    structure is checked by the caller, against its speed target)."""
 
-    structured = p["pattern"] == "channelx1" and p["target_sparsity"] > 0
+    structured = bool(planned and (planned["mha_sparsity"] or planned["ffn_sparsity"])) or (
+        p["pattern"] == "channelx1" and p["target_sparsity"] > 0)
     nm_fixed = sparsity.enforce_n_m(student, *map(int, p["pattern"].split(":"))) if ":" in p["pattern"] else 0
     before = sparsity.summarize(student, dense_ref)
     if structured:
@@ -66,7 +68,7 @@ def finalize(student, p: dict, teacher_config, dense_ref: int) -> dict:
     # Slimmed weights are gone rather than zero, so structured students count removed weights.
     achieved = 1 - after["encoder_remaining_weights"] if structured else after["encoder_linear_sparsity"]
     tol = max(p["tolerance"], structured_tolerance(teacher_config)) if structured else p["tolerance"]
-    if p["target_sparsity"] > 0:
+    if p["target_sparsity"] > 0 and not planned:
         check_target(achieved, p["target_sparsity"], tol, structured_hint(student, p["target_sparsity"])
                      if structured else "")
     return {"after": after, "achieved": achieved, "tolerance": tol, "structured": structured,
@@ -147,14 +149,15 @@ def reuse_head(student, teacher) -> list[str]:
     return frozen
 
 
-def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None):
+def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None, keep: list[int] | None = None):
+    """The student before training; `keep` (a planned structure's layers) overrides prune.student_layers."""
     if p["init"] == "teacher":
         student = load_trained(teacher_dir)
     else:
         student = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"],
                                   meta["labels"])
-    if p["student_layers"]:
-        drop_layers(student, p["student_layers"])
+    if keep or p["student_layers"]:
+        drop_layers(student, keep or p["student_layers"])
     if p["reuse_teacher_head"]:
         reuse_head(student, teacher)
     return student

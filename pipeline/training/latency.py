@@ -1,0 +1,167 @@
+"""A latency table for this CPU: how long an encoder of a given shape runs, measured, not counted.
+
+A BERT student's time is a fixed part (embeddings, pooler, classifier, runtime overhead) plus the sum of
+its layers' times, and a layer's time is its attention block's (which depends on its heads) plus its FFN
+block's (which depends on its width). So the table times few models and pipeline.training.plan
+predicts any shape from them:
+  - per head count, at the full FFN width, one- and three-layer models (a layer's time is half the
+    difference, the fixed part what is left of the one-layer model);
+  - per FFN width, at the full head count, the same;
+  - a few mixed shapes and the full model, to check the prediction against a measurement.
+Weights are random (speed does not depend on their values); each model goes the way a student ships:
+torch.onnx.export, then OpenVINO IR with NNCF INT8 (`ov-int8`) or onnxruntime dynamic INT8 (`ort-int8`).
+Tables are cached per CPU, runtime version, backend, shapes, threads and base model shape.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.core.common import cpu_info, write_json
+
+RUNTIMES = {"ov-int8": "openvino", "ort-int8": "onnxruntime"}  # backend -> the package whose version keys the table
+LAYER_COUNTS = (1, 3)
+ROUNDS = 2
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KASP_CACHE_DIR", Path.home() / ".cache" / "kasp")) / "latency"
+
+
+def base_shape(config) -> dict:
+    """What of the base model a table depends on."""
+    return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "heads": config.num_attention_heads,
+            "ffn": config.intermediate_size, "vocab": config.vocab_size}
+
+
+def grid(base: dict) -> dict:
+    """The head counts and FFN widths timed: enough points for piecewise-linear interpolation."""
+    n, f = base["heads"], base["ffn"]
+    heads = sorted({n, max(1, 3 * n // 4), max(1, n // 2), max(1, n // 3), max(1, n // 4), max(1, n // 6), 1})
+    ffns = sorted({f, 3 * f // 4, f // 2, f // 3, f // 4, f // 6, f // 12} - {0})
+    return {"heads": heads, "ffn": ffns}
+
+
+def table_key(base: dict, backend: str, shapes: list[list[int]], threads: int) -> dict:
+    from importlib import metadata
+
+    cpu = cpu_info()
+    return {"cpu": cpu["cpu"], "isa": cpu["isa"], "backend": backend,
+            "runtime": f"{RUNTIMES[backend]}=={metadata.version(RUNTIMES[backend])}",
+            "shapes": [list(s) for s in shapes], "threads": threads, "base": base, "grid": grid(base)}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def random_model(config, layers: list[dict]):
+    """A randomly initialised classifier with these per-layer {heads, ffn} shapes."""
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.core.models import reshape_layers
+
+    config = config.__class__.from_dict({**config.to_dict(), "num_hidden_layers": len(layers)})
+    model = AutoModelForSequenceClassification.from_config(config)
+    reshape_layers(model, layers)
+    return model.eval()
+
+
+class _Timer:
+    """Builds one shape's model the way it ships and times it at each shape."""
+
+    def __init__(self, backend: str, shapes: list[list[int]], threads: int, vocab: int, work: Path):
+        self.backend, self.shapes, self.threads, self.vocab, self.work = backend, shapes, threads, vocab, work
+
+    def __call__(self, config, layers: list[dict]) -> dict:
+        from eval.harness import synthetic_feed, time_loop
+        from export.onnx import export_torch
+
+        out = self.work / "m"
+        out.mkdir(exist_ok=True)
+        onnx_path = export_torch(random_model(config, layers), out, 18)
+        run = self._runner(onnx_path)
+        # Two rounds, interleaving the shapes, and the faster round's median: a burst of load from
+        # elsewhere on the machine slows one round, and only ever adds time.
+        feeds = {f"b{b}xs{s}": synthetic_feed(b, s, self.vocab, 0) for b, s in self.shapes}
+        medians = {name: [] for name in feeds}
+        for _ in range(ROUNDS):
+            for name, feed in feeds.items():
+                lat = sorted(time_loop(lambda: run(feed), warmup=2, min_iters=5, max_seconds=0.3))
+                medians[name].append(lat[len(lat) // 2])
+        return {name: round(1000 * min(m), 4) for name, m in medians.items()}
+
+    def _runner(self, onnx_path: Path):
+        from eval.harness import synthetic_feed
+
+        if self.backend == "ov-int8":
+            from deploy import openvino as dov
+
+            calib = [synthetic_feed(1, 32, self.vocab, s) for s in range(4)]
+            int8 = dov.quantize_int8(dov.convert(onnx_path), calib, len(calib))
+            xml = onnx_path.with_name("int8.xml")
+            dov.save(int8, xml)
+            compiled = dov.compile_model(xml, {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                                               "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads)})
+            request = compiled.create_infer_request()
+            return lambda feed: request.infer(feed, share_inputs=True)
+        from deploy.ort import make_session, quantize_dynamic_int8
+
+        int8 = onnx_path.with_name("int8.onnx")
+        quantize_dynamic_int8(onnx_path, int8)
+        sess, _ = make_session(int8, ["cpu"], threads=self.threads)
+        names = {i.name for i in sess.get_inputs()}
+        return lambda feed: sess.run(["logits"], {k: v for k, v in feed.items() if k in names})
+
+
+def plan_rows(base: dict) -> list[dict]:
+    """Which models the table times: (layers, heads, ffn)."""
+    g = grid(base)
+    widths = [(h, base["ffn"]) for h in g["heads"]] + [(base["heads"], f) for f in g["ffn"] if f != base["ffn"]]
+    rows = [{"layers": n, "heads": h, "ffn": f} for h, f in widths for n in LAYER_COUNTS]
+    checks = [(base["heads"] // 2, base["ffn"] // 2), (base["heads"] // 3, base["ffn"] // 3),
+              (base["heads"] // 6, base["ffn"] // 6)]
+    rows += [{"layers": 3, "heads": h, "ffn": f, "check": True} for h, f in checks if h >= 1]
+    rows.append({"layers": base["layers"], "heads": base["heads"], "ffn": base["ffn"], "check": True})
+    return rows
+
+
+def measure(config, backend: str, shapes: list[list[int]], threads: int, progress=print) -> dict:
+    """Time every row of plan_rows; {"key", "rows": [{layers, heads, ffn, [check], ms: {b..xs..: ms}}]}."""
+    import torch
+
+    if backend not in RUNTIMES:
+        raise KeyError(f"latency tables time {', '.join(RUNTIMES)}; got {backend!r}")
+    torch.set_num_threads(threads)
+    base = base_shape(config)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        timer = _Timer(backend, shapes, threads, base["vocab"], Path(work))
+        todo = plan_rows(base)
+        for i, row in enumerate(todo):
+            shape = [{"heads": row["heads"], "ffn": row["ffn"]}] * row["layers"]
+            rows.append({**row, "ms": timer(config, shape)})
+            progress(f"[latency] {i + 1}/{len(todo)} {row['layers']} layers x {row['heads']} heads x FFN "
+                     f"{row['ffn']}: {rows[-1]['ms']}")
+    return {"key": table_key(base, backend, shapes, threads), "rows": rows}
+
+
+def load_or_measure(config, backend: str, shapes: list[list[int]], threads: int, progress=print) -> dict:
+    """The cached table for this CPU, runtime, backend, shapes and base shape, measured on a miss."""
+    key = table_key(base_shape(config), backend, shapes, threads)
+    path = cache_dir() / f"{backend}-{key_digest(key)}.json"
+    if path.is_file():
+        table = json.loads(path.read_text())
+        if table.get("key") == key:
+            return {**table, "cached": str(path)}
+    progress(f"[latency] no table for {key['cpu']} / {key['runtime']} / {backend} at {shapes}: timing "
+             f"{len(plan_rows(key['base']))} random-weight models (cached in {path})")
+    table = measure(config, backend, shapes, threads, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, table)
+    tmp.replace(path)
+    return {**table, "cached": None}

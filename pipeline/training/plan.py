@@ -1,0 +1,220 @@
+"""Choose a student's structure for a speed target, from a measured latency table (pipeline.training.latency).
+
+Pure functions on the table's rows. The cost model: time(shape) = fixed + sum over layers of
+(attention(heads) + ffn(width) - one full layer), each term interpolated piecewise-linearly between the
+head counts and widths the table timed. The search tries every layer count, head count and FFN width
+(a multiple of 64, or the full width) and keeps the structure that meets every target with as little
+removed as possible: the most layers first, then the most encoder weights. Layers go last because a
+dropped layer cost far more accuracy than the same weights slimmed in width: on MRPC, distilled at 50%
+of the encoder's weights, 3 of 6 layers lost 5.5 points and half of every layer's heads and FFN gained
+0.7 (one seed each, docs/results.md "Sweeps"), at about the same speed.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+FFN_STEP = 64  # kept FFN widths: multiples of this (OpenVINO's sparse kernel and AMX tiles want 64)
+
+
+class PlanError(ValueError):
+    """No structure meets the targets, or the table cannot predict one."""
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Per shape name ("b32xs128"): the fixed part and per-layer curves over heads and FFN width."""
+    base: dict
+    fixed: dict
+    heads: dict   # shape -> (head counts, layer ms at full FFN)
+    ffn: dict     # shape -> (widths, layer ms at full heads)
+
+    def layer_ms(self, shape: str, heads: int, ffn: int) -> float:
+        hx, hy = self.heads[shape]
+        fx, fy = self.ffn[shape]
+        full = float(np.interp(self.base["heads"], hx, hy))
+        return float(np.interp(heads, hx, hy) + np.interp(ffn, fx, fy) - full)
+
+    def predict(self, shape: str, layers: list[dict]) -> float:
+        return self.fixed[shape] + sum(self.layer_ms(shape, l["heads"], l["ffn"]) for l in layers)
+
+    def speedup(self, shape: str, layers: list[dict]) -> float:
+        return self.predict(shape, self.teacher_layers()) / self.predict(shape, layers)
+
+    def teacher_layers(self) -> list[dict]:
+        return [{"heads": self.base["heads"], "ffn": self.base["ffn"]}] * self.base["layers"]
+
+
+def _per_layer(rows: list[dict], shape: str, heads: int, ffn: int) -> tuple[float, float]:
+    """(layer ms, fixed ms) of one width from its one- and three-layer timings."""
+    t = {r["layers"]: r["ms"][shape] for r in rows
+         if r["heads"] == heads and r["ffn"] == ffn and not r.get("check")}
+    if set(t) != {1, 3}:
+        raise PlanError(f"latency table has no 1- and 3-layer timings for {heads} heads x FFN {ffn} at {shape}")
+    layer = (t[3] - t[1]) / 2
+    return layer, t[1] - layer
+
+
+def cost_model(table: dict) -> CostModel:
+    base, rows = table["key"]["base"], table["rows"]
+    shapes = sorted({s for r in rows for s in r["ms"]})
+    fixed, heads, ffn = {}, {}, {}
+    for s in shapes:
+        hs = sorted({r["heads"] for r in rows if r["ffn"] == base["ffn"] and not r.get("check")})
+        fs = sorted({r["ffn"] for r in rows if r["heads"] == base["heads"] and not r.get("check")})
+        h_fit = [_per_layer(rows, s, h, base["ffn"]) for h in hs]
+        f_fit = [_per_layer(rows, s, base["heads"], f) for f in fs]
+        # Every width's fit has its own estimate of the fixed part; the median is robust to one noisy pair.
+        fixed[s] = float(np.median([fx for _, fx in h_fit + f_fit]))
+        heads[s] = (hs, [lay for lay, _ in h_fit])
+        ffn[s] = (fs, [lay for lay, _ in f_fit])
+    return CostModel(base, fixed, heads, ffn)
+
+
+def checks(model: CostModel, table: dict) -> list[dict]:
+    """The table's check rows (mixed shapes, the full model): measured against predicted."""
+    out = []
+    for r in table["rows"]:
+        if not r.get("check"):
+            continue
+        layers = [{"heads": r["heads"], "ffn": r["ffn"]}] * r["layers"]
+        for s, ms in r["ms"].items():
+            pred = model.predict(s, layers)
+            out.append({"layers": r["layers"], "heads": r["heads"], "ffn": r["ffn"], "shape": s,
+                        "measured_ms": ms, "predicted_ms": round(pred, 4), "error": round(pred / ms - 1, 4)})
+    return out
+
+
+def kept_weights(base: dict, layers: list[dict]) -> int:
+    """Encoder Linear weights a structure keeps (heads keep their size, hidden // heads)."""
+    h, head = base["hidden"], base["hidden"] // base["heads"]
+    return sum(4 * h * head * l["heads"] + 2 * h * l["ffn"] for l in layers)
+
+
+def widths(base: dict) -> list[int]:
+    return sorted({*range(FFN_STEP, base["ffn"], FFN_STEP), base["ffn"]})
+
+
+def search(model: CostModel, targets: dict, layer_counts: list[int] | None = None) -> dict:
+    """The structure with the most layers, then the most kept weights, whose predicted speed-up meets
+    every target.
+
+    targets: shape name -> minimum speed-up over the full model. layer_counts: the layer counts allowed
+    (None: 1 to the base's). Raises PlanError naming the best reachable speed-up when none meets them."""
+    base = model.base
+    counts = layer_counts or list(range(1, base["layers"] + 1))
+    best, fastest = None, None
+    for n in counts:
+        for h in range(1, base["heads"] + 1):
+            for f in widths(base):
+                layers = [{"heads": h, "ffn": f}] * n
+                speed = {s: model.speedup(s, layers) for s in targets}
+                slack = min(speed[s] / t for s, t in targets.items())
+                if fastest is None or slack > fastest[0]:
+                    fastest = (slack, n, h, f, speed)
+                rank = (n, kept_weights(base, layers))
+                if slack >= 1 and (best is None or rank > (best["layers"], best["kept_weights"])):
+                    best = {"layers": n, "heads": h, "ffn": f, "kept_weights": kept_weights(base, layers),
+                            "predicted_speedup": {s: round(v, 3) for s, v in speed.items()}}
+    if best is None:
+        _, n, h, f, speed = fastest
+        got = ", ".join(f"{v:.2f}x at {s} (asked {targets[s]})" for s, v in speed.items())
+        raise PlanError(f"no structure reaches the speed-up asked: the fastest this model allows "
+                        f"({n} layers x {h} heads x FFN {f}) is predicted at {got}; the fixed part (embeddings, "
+                        f"classifier, runtime) caps it. Lower prune.speedup / prune.latency_speedup, or use a "
+                        f"smaller base model")
+    best["kept_fraction"] = round(best["kept_weights"] / kept_weights(base, model.teacher_layers()), 4)
+    return best
+
+
+def keep_layers(n_student: int, n_teacher: int) -> list[int]:
+    """Which pre-trained layers a student with n_student layers starts from: evenly spread, the last kept."""
+    return sorted({round((i + 1) * n_teacher / n_student) - 1 for i in range(n_student)})
+
+
+def structure(best: dict, base: dict, layers: list[int] | None = None) -> dict:
+    """What prune does to reach a searched shape: which pre-trained layers it keeps, and INC's head and
+    FFN-channel targets. INC rounds the pruned head count down from a target that lands a hair under
+    k/n, so the head target sits just above it."""
+    heads_cut = (base["heads"] - best["heads"]) / base["heads"]
+    return {**best, "keep_layers": layers or keep_layers(best["layers"], base["layers"]),
+            "mha_sparsity": round(heads_cut + 1e-4, 6) if heads_cut else 0.0,
+            "ffn_sparsity": round(1 - best["ffn"] / base["ffn"], 6)}
+
+
+def check_reached(shapes: list[dict], want: dict, round_multiplier: int = 32) -> str | None:
+    """Why a slimmed student's per-layer shapes miss the planned structure, or None. INC may spread heads
+    and channels unevenly over layers (global scope): the totals must match, FFN within slimming's rounding."""
+    n = len(shapes)
+    heads, ffn = sum(s["heads"] for s in shapes), sum(s["ffn"] for s in shapes)
+    if n != want["layers"]:
+        return f"{n} layers, planned {want['layers']}"
+    if heads != n * want["heads"]:
+        return f"{heads} heads in all, planned {n} x {want['heads']}"
+    if not n * want["ffn"] <= ffn <= n * (want["ffn"] + round_multiplier):
+        return f"{ffn} FFN channels in all, planned {n} x {want['ffn']}"
+    return None
+
+
+def speed_targets(p: dict, deploy: dict) -> tuple[dict, dict]:
+    """(shapes by role, minimum speed-up by shape name) from prune's targets and deploy's shapes."""
+    shapes = {"throughput": list(deploy["shape"]), "latency": [1, deploy["latency_tokens"]]}
+    asked = ((shapes["throughput"], p["speedup"]), (shapes["latency"], p["latency_speedup"]))
+    return shapes, {f"b{b}xs{s}": t for (b, s), t in asked if t}
+
+
+def for_params(p: dict, params_path: str, threads: int, acc=None) -> dict | None:
+    """With prune.speedup or prune.latency_speedup: the structure that meets them on this CPU, from the
+    cached (or now measured) latency table; None without a speed target. Raises PlanError when no
+    structure can, before anything trains. Under data parallelism (`acc`) one process times."""
+    if not (p["speedup"] or p["latency_speedup"]):
+        return None
+    from transformers import AutoConfig
+
+    from pipeline.core.common import read_json
+    from pipeline.core.models import start_model
+    from pipeline.core.params import load_section, upstream_dir
+    from pipeline.training import latency
+
+    meta = read_json(upstream_dir("data", params_path) / "meta.json")
+    config = AutoConfig.from_pretrained(start_model(meta), trust_remote_code=False)
+    shapes, targets = speed_targets(p, load_section("deploy", params_path))
+    main_process = acc is None or acc.is_main_process
+    if main_process:  # one process times; the others read its table
+        table = latency.load_or_measure(config, p["speed_backend"], list(shapes.values()), threads)
+    if acc is not None:
+        acc.wait_for_everyone()
+    if not main_process:
+        table = latency.load_or_measure(config, p["speed_backend"], list(shapes.values()), threads)
+    model = cost_model(table)
+    counts = [len(p["student_layers"])] if p["student_layers"] else None
+    best = search(model, targets, counts)
+    return {**structure(best, model.base, p["student_layers"]), "targets": targets, "shapes": shapes,
+            "backend": p["speed_backend"], "table": {k: table[k] for k in ("key", "cached")},
+            "table_checks": checks(model, table), "cost_model": model}
+
+
+def main(params_path: str = "params.yaml") -> dict | None:
+    """What prune would build for its speed targets on this CPU (timing the table if it is not cached):
+    python -m pipeline.training.plan [params.yaml]"""
+    from pipeline.core.common import set_threads
+    from pipeline.core.params import load_section
+
+    p = load_section("prune", params_path)
+    planned = for_params(p, params_path, set_threads(p["threads"]))
+    if planned is None:
+        print("prune.speedup and prune.latency_speedup are both null: the student's structure is prune's own")
+        return None
+    for c in planned["table_checks"]:
+        print(f"[plan] check {c['layers']} x {c['heads']} x {c['ffn']} at {c['shape']}: measured "
+              f"{c['measured_ms']} ms, predicted {c['predicted_ms']} ms ({c['error']:+.1%})")
+    print(f"[plan] {planned['layers']} layers {planned['keep_layers']} x {planned['heads']} heads x FFN "
+          f"{planned['ffn']}: {planned['kept_fraction']:.1%} of the encoder's weights, predicted "
+          f"{planned['predicted_speedup']} against {planned['targets']}")
+    return planned
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

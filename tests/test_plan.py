@@ -1,0 +1,168 @@
+"""Speed targets: the latency table's cost model, the structure search, and prune reaching a planned structure."""
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.training import latency, plan
+
+MINILM = {"hidden": 384, "layers": 6, "heads": 12, "ffn": 1536, "vocab": 30522}
+# Per shape: fixed ms, ms per head (attention), ms per FFN channel, and a per-layer constant (norms, residuals).
+# AMX-like: matmuls are cheap, so the fixed part and attention's softmax weigh more; AVX2-like: matmuls dominate.
+AMX = {"b32xs128": (9.0, 0.9, 0.0045, 0.8), "b1xs32": (0.25, 0.004, 0.00004, 0.05)}
+AVX2 = {"b32xs128": (12.0, 2.4, 0.03, 1.0), "b1xs32": (0.3, 0.02, 0.0003, 0.03)}
+
+
+def synthetic_table(base: dict, costs: dict) -> dict:
+    """A table as latency.measure writes it, timed by an exact linear model of `costs`."""
+    def ms(shape, layers, heads, ffn):
+        fixed, per_head, per_channel, per_layer = costs[shape]
+        return round(fixed + layers * (per_head * heads + per_channel * ffn + per_layer), 6)
+
+    rows = [{**r, "ms": {s: ms(s, r["layers"], r["heads"], r["ffn"]) for s in costs}} for r in latency.plan_rows(base)]
+    return {"key": {"base": base, "backend": "ov-int8"}, "rows": rows}
+
+
+@pytest.mark.parametrize("costs", [AMX, AVX2], ids=["amx", "avx2"])
+def test_cost_model_recovers_the_timings_it_was_built_from(costs):
+    table = synthetic_table(MINILM, costs)
+    model = plan.cost_model(table)
+    for shape, (fixed, *_) in costs.items():
+        assert model.fixed[shape] == pytest.approx(fixed, rel=1e-6)
+    assert all(abs(c["error"]) < 1e-4 for c in plan.checks(model, table))
+    full = model.teacher_layers()
+    assert model.speedup("b32xs128", full) == pytest.approx(1.0)
+    # interpolation between timed widths: 5 heads lie between the timed 4 and 6
+    fixed, per_head, per_channel, per_layer = costs["b1xs32"]
+    assert model.layer_ms("b1xs32", 5, 1000) == pytest.approx(per_head * 5 + per_channel * 1000 + per_layer)
+
+
+@pytest.mark.parametrize("costs", [AMX, AVX2], ids=["amx", "avx2"])
+def test_search_meets_every_target_with_the_most_layers_then_weights_kept(costs):
+    model = plan.cost_model(synthetic_table(MINILM, costs))
+    targets = {"b32xs128": 3.0, "b1xs32": 2.0}
+    best = plan.search(model, targets)
+    layers = [{"heads": best["heads"], "ffn": best["ffn"]}] * best["layers"]
+    assert all(model.speedup(s, layers) >= t for s, t in targets.items())
+    # every structure with more layers, or as many and more weights, misses a target
+    for n in range(1, 7):
+        for h in range(1, 13):
+            for f in plan.widths(MINILM):
+                cand = [{"heads": h, "ffn": f}] * n
+                if (n, plan.kept_weights(MINILM, cand)) > (best["layers"], best["kept_weights"]):
+                    assert any(model.speedup(s, cand) < t for s, t in targets.items()), (n, h, f)
+
+
+def test_plans_differ_by_cpu_and_a_fixed_layer_count_is_kept():
+    amx, avx2 = (plan.cost_model(synthetic_table(MINILM, c)) for c in (AMX, AVX2))
+    a, b = plan.search(amx, {"b32xs128": 3.0}), plan.search(avx2, {"b32xs128": 3.0})
+    assert (a["layers"], a["heads"], a["ffn"]) != (b["layers"], b["heads"], b["ffn"])
+    assert plan.search(amx, {"b32xs128": 2.0}, layer_counts=[6])["layers"] == 6
+
+
+def test_a_target_the_model_cannot_reach_fails_naming_the_fastest_structure():
+    model = plan.cost_model(synthetic_table(MINILM, AMX))
+    with pytest.raises(plan.PlanError, match=r"no structure reaches.*1 layers x 1 heads x FFN 64.*asked 20.0"):
+        plan.search(model, {"b32xs128": 20.0})
+
+
+def test_a_table_without_a_width_cannot_predict():
+    table = synthetic_table(MINILM, AMX)
+    table["rows"] = [r for r in table["rows"] if not (r["heads"] == 6 and r["layers"] == 3)]
+    with pytest.raises(plan.PlanError, match="no 1- and 3-layer timings for 6 heads"):
+        plan.cost_model(table)
+
+
+def test_structure_targets_and_layers():
+    s = plan.structure({"layers": 3, "heads": 6, "ffn": 768, "kept_weights": 1}, MINILM)
+    assert s["keep_layers"] == [1, 3, 5]
+    assert s["mha_sparsity"] == pytest.approx(0.5001) and s["ffn_sparsity"] == 0.5
+    assert plan.structure({"layers": 6, "heads": 12, "ffn": 1536}, MINILM)["mha_sparsity"] == 0.0
+    assert plan.keep_layers(4, 6) == [1, 2, 3, 5] and plan.keep_layers(6, 6) == list(range(6))
+    assert plan.check_reached([{"heads": 6, "ffn": 768}] * 3, s) is None
+    assert "heads" in plan.check_reached([{"heads": 5, "ffn": 768}] * 3, s)
+
+
+def test_the_table_is_cached_per_cpu_runtime_and_threads(tmp_path, monkeypatch, tiny_model_dir):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake_measure(config, backend, shapes, threads, progress=print):
+        calls.append(threads)
+        return {"key": latency.table_key(latency.base_shape(config), backend, shapes, threads), "rows": []}
+
+    monkeypatch.setattr(latency, "measure", fake_measure)
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    first = latency.load_or_measure(config, "ov-int8", [[4, 16]], 1)
+    again = latency.load_or_measure(config, "ov-int8", [[4, 16]], 1)
+    latency.load_or_measure(config, "ov-int8", [[4, 16]], 2)
+    assert calls == [1, 2] and first["cached"] is None and again["cached"]
+    assert again["key"]["cpu"] and again["key"]["runtime"].startswith("openvino==")
+
+
+def write_fixture_table(cache: Path, config, shapes, threads: int) -> dict:
+    base = latency.base_shape(config)
+    costs = {f"b{b}xs{s}": (1.0, 0.5, 0.004, 0.1) for b, s in shapes}
+    table = {**synthetic_table(base, costs), "key": latency.table_key(base, "ov-int8", shapes, threads)}
+    path = cache / "latency" / f"ov-int8-{latency.key_digest(table['key'])}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(table))
+    return table
+
+
+def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, monkeypatch, tiny_model_dir):
+    """A speed target on the 2-layer, 4-head, FFN-256 tiny BERT: the plan is searched on a fixture table
+    (no timing in tests), and the distilled, slimmed student has the planned shape and records both."""
+    from transformers import AutoConfig
+
+    from pipeline import prune
+
+    params, write = trained
+    monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
+    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1)
+    params["prune"].update(speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="local", epochs=2)
+    m = prune.main(write(params))
+    plan_ = m["structure_plan"]
+    assert plan_["targets"] == {"b4xs16": 1.6} and plan_["table"]["cached"]
+    assert m["structure_reached"]["matches_plan"] == "yes"
+    assert m["structure_reached"]["predicted_speedup"]["b4xs16"] >= 1.6
+    shapes = m["layer_shapes"]
+    assert len(shapes) == plan_["layers"]
+    assert all(s["heads"] == plan_["heads"] and s["ffn"] == plan_["ffn"] for s in shapes)
+    assert (plan_["heads"], plan_["ffn"], plan_["layers"]) != (4, 256, 2)  # something was removed
+
+
+def test_prune_refuses_an_unreachable_target_before_training(trained, tmp_path, monkeypatch, tiny_model_dir):
+    from transformers import AutoConfig
+
+    from pipeline import prune
+
+    params, write = trained
+    monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
+    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1)
+    params["prune"].update(speedup=20.0, target_sparsity=0.0)
+    with pytest.raises(plan.PlanError, match="no structure reaches"):
+        prune.main(write(params))
+    assert not (tmp_path / "student").exists()
+
+
+def test_seeds_record_the_bench_measured_speedup_on_the_fastest_backend():
+    from pipeline.seeds import speed_record
+
+    def row(model, backend, batch, seq, p50):
+        return {"model": model, "backend": backend, "batch": batch, "seq_len": seq, "streams": 1,
+                "latency_ms_p50": p50, "throughput_seq_per_s": 1000 * batch / p50}
+
+    rows = [row("teacher", "ov-int8", 32, 128, 108.0), row("student", "ov-int8", 32, 128, 33.0),
+            row("teacher", "ort-int8", 32, 128, 190.0), row("student", "ort-int8", 32, 128, 50.0),
+            row("teacher", "ov-int8", 1, 32, 1.8), row("student", "ov-int8", 1, 32, 0.8)]
+    from pipeline.bench import versus_teacher
+
+    bench = {"results": rows, "speedup_vs_teacher_x": versus_teacher(rows), "cpu": "a CPU"}
+    rec = speed_record(bench, {"shape": [32, 128], "latency_tokens": 32})
+    assert rec["speed_backend"] == "ov-int8"  # 970 seq/s against ort-int8's 640, though ort gains more (3.8x)
+    assert rec["speedup_vs_teacher_shipped_x"] == round(108 / 33, 3)
+    assert rec["speedup_vs_teacher_shipped_b1_x"] == round(1.8 / 0.8, 3)
+    assert rec["speedup_vs_teacher_x"]["ort-int8"] == {"b32xs128": 3.8}
