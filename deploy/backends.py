@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.core.common import read_json
+from pipeline.core.registry import BACKENDS as REGISTRY
 
 
 @dataclass
@@ -109,15 +110,15 @@ def _ov(xml: str, hint: str | None, sparse: bool):
     return load
 
 
-BACKENDS = {
-    "torch-fp32": _torch_fp32,
-    "ort-fp32": _ort("fp32"),
-    "ort-int8": _ort("int8"),
-    "ov-fp32": _ov("fp32.xml", "f32", sparse=False),
-    "ov-bf16": _ov("fp32.xml", "bf16", sparse=False),
-    "ov-int8": _ov("int8.xml", None, sparse=True),
-    "ov-int8-dense": _ov("int8.xml", None, sparse=False),
-}
+def _loader(b):
+    if b.runtime == "torch":
+        return _torch_fp32
+    if b.runtime == "onnxruntime":
+        return _ort(b.precision)
+    return _ov(b.artifact, b.hint, sparse=b.sparse)
+
+
+BACKENDS = {name: _loader(b) for name, b in REGISTRY.items()}  # one per pipeline.core.registry entry
 
 
 def load(backend: str, paths: ModelPaths, threads: int, streams: int = 1) -> Runner:

@@ -1,7 +1,7 @@
 """OpenVINO for CPUs: ONNX -> IR (FP32), NNCF INT8 that keeps zeros, the compile configuration,
 and a report of which fully-connected layers really run the sparse-weight kernel and why not.
 
-Facts this relies on (../shared/reference/FINDINGS.md): ov.save_model compresses to FP16 unless told
+Facts this relies on (measured on the stack pinned in requirements/lock.txt): ov.save_model compresses to FP16 unless told
 not to; an FP32 IR runs in bf16 on AMX CPUs unless INFERENCE_PRECISION_HINT says f32; the sparse
 kernel needs INT8 FC layers, AMX, both weight dims multiples of 64 and a zero fraction >= the rate.
 """

@@ -2,23 +2,17 @@
 found within its tolerance, or the one the user names.
 
 On a Xeon with AMX, OpenVINO INT8 ran the demo student at 1.8x onnxruntime INT8; on an AVX2-only
-EPYC it ran at half of it and slower than OpenVINO FP32 (../shared/reference/SERVING.md), so no
+EPYC it ran at half of it and slower than OpenVINO FP32 (docs/results.md), so no
 format is right everywhere and the choice is made from the bench of the machine it ran on.
 """
 from __future__ import annotations
 
+from pipeline.core.registry import TARGETS as REGISTRY_TARGETS
+
 # target -> the bench/eval backend that measured it, the files it is built from, and whether OpenVINO's
-# sparse-weight kernel is on (the compile stage's decompression rate): it is a measured choice, not a
-# default, since it slowed MiniLM-width students down on AMX Xeons (openvino-int8-dense is the same IR
-# with it off).
-TARGETS = {
-    "openvino-int8": {"backend": "ov-int8", "runtime": "openvino", "source": "int8.xml", "sparse": True},
-    "openvino-int8-dense": {"backend": "ov-int8-dense", "runtime": "openvino", "source": "int8.xml",
-                            "sparse": False},
-    "openvino-fp32": {"backend": "ov-fp32", "runtime": "openvino", "source": "fp32.xml", "sparse": False},
-    "onnxruntime-int8": {"backend": "ort-int8", "runtime": "onnxruntime", "source": "int8.onnx", "sparse": False},
-    "onnxruntime-fp32": {"backend": "ort-fp32", "runtime": "onnxruntime", "source": "model.onnx", "sparse": False},
-}
+# sparse-weight kernel is on; declared in pipeline.core.registry
+TARGETS = {name: {"backend": b.name, "runtime": b.runtime, "source": b.artifact, "sparse": b.sparse}
+           for name, b in REGISTRY_TARGETS.items()}
 CHOICES = ("auto", *TARGETS)
 
 

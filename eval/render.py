@@ -11,12 +11,11 @@ from pathlib import Path
 from eval.harness import BASELINE, GAP, UNSTABLE
 from eval.labels import place_labels
 from eval.ran import hardware, what_ran
+from pipeline.core.registry import BACKENDS
 
 NA = "n/a"
-# torch runs the weights of the FP32 ONNX; ov-bf16 compiles the FP32 IR; ov-int8-dense is ov-int8 with
-# sparse decompression off.
-SIZE_KEY = {"torch-fp32": "onnx_fp32", "ort-fp32": "onnx_fp32", "ort-int8": "onnx_int8", "ov-fp32": "ir_fp32",
-            "ov-bf16": "ir_fp32", "ov-int8": "ir_int8", "ov-int8-dense": "ir_int8"}
+# the file whose size a backend's row shows (torch runs the weights of the FP32 ONNX), from the registry
+SIZE_KEY = {name: b.size_key for name, b in BACKENDS.items()}
 SPARSE = "sparse kernel"  # the fc_reasons key deploy.openvino.fc_report gives layers on the sparse kernel
 TPUT = "throughput_seq_per_s"
 DPI = 110

@@ -18,6 +18,7 @@ from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, cros
                          plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio, render_markdown,
                          render_table, table_rows)
 from eval.render_deploy import render_deploy
+from eval.render_gain import headline as gain_headline, render_gain
 from pipeline.core.common import Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
 
@@ -37,7 +38,8 @@ ROW_KEYS = {
 MODEL_KEYS = ("sparse_fc_layers", "fc_layers", "fc_reasons", "sizes", "compile_config")
 
 
-HEADLINE = ("student_ov_int8_speedup_x", "student_ov_int8_speedup_x_latency_shape", "sparse_on_off_x",
+HEADLINE = ("student_vs_teacher_x", "student_vs_teacher_x_latency_shape", "student_vs_teacher_gzip_fraction",
+            "student_ov_int8_speedup_x", "student_ov_int8_speedup_x_latency_shape", "sparse_on_off_x",
             "sparse_on_off_x_latency_shape", "flagged_backends", "crosscheck_failed", "rows_not_as_asked",
             "unstable_bench_cells", "wall_time_s")
 
@@ -107,8 +109,13 @@ def headline(rows: list[dict], bench: dict, latency_shape, throughput_shape) -> 
             "sparse_on_off_x_latency_shape": _num(on_off(latency_shape))}
 
 
-def write_report(out: Path, rows: list[dict], ctx: dict, bench: dict, throughput_shape, deploy: dict) -> None:
-    (out / "report.md").write_text(render_markdown(rows, ctx) + "\n".join(render_deploy(deploy)))
+def write_report(out: Path, rows: list[dict], ctx: dict, docs: dict, shapes: tuple) -> None:
+    """report.md opens with what pruning bought (after its title), then the full table and checks."""
+    lat, throughput_shape = shapes
+    bench, deploy = docs["bench"], docs["deploy"]
+    title, rest = render_markdown(rows, ctx).split("\n", 1)
+    gain = render_gain(rows, deploy, docs["compile"], lat, throughput_shape)
+    (out / "report.md").write_text("\n".join([title, "", *gain]) + rest + "\n".join(render_deploy(deploy)))
     plot_accuracy_vs_throughput(rows, out / "accuracy_vs_throughput.png", throughput_shape)
     plot_throughput_by_backend(bench, out / "throughput.png")
     for name, records in plot_data(rows, bench).items():
@@ -125,11 +132,11 @@ def main(params_path: str = "params.yaml") -> dict:
         for note in ctx["notes"] + [f"{r['model']} {r['backend']}: {m}" for r in rows for m in r["asked_vs_ran"]]:
             print(f"[report] warning: {note}", file=sys.stderr)
         with atomic_dir(p["out_dir"]) as out:
-            write_report(out, rows, ctx, docs["bench"], tput, docs["deploy"])
+            write_report(out, rows, ctx, docs, (lat, tput))
     print(render_table(rows, ctx))
     return write_metrics("report", {
         "rows": len(rows), "latency_shape": lat, "throughput_shape": tput,
-        **headline(rows, docs["bench"], lat, tput),
+        **gain_headline(rows, docs["deploy"]), **headline(rows, docs["bench"], lat, tput),
         "flagged_backends": len(ctx["flags"]),
         "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
         "crosscheck_failed": sum(crosscheck_error(c) is not None for c in ctx["crosscheck"]),

@@ -33,6 +33,8 @@ SHARED = ("data", "teacher")  # read from the base run, never recomputed by a po
 
 def method(prune: dict) -> str:
     """How a point compresses, named the way the report groups it."""
+    if prune.get("speedup") or prune.get("latency_speedup"):
+        return "speed target"
     layers = "layer-drop" if prune["student_layers"] else ""
     if prune["target_sparsity"] == 0:
         return layers or "dense"
@@ -47,8 +49,10 @@ def point_doc(doc: dict, name: str, base_dir: Path, point_dir: Path) -> dict:
     sweep = doc["sweep"]
     if name not in sweep["points"]:
         raise ParamsError(f"params: sweep.points has no point {name!r}; defined: {', '.join(sweep['points'])}")
-    doc = {s: validate(s, doc.get(s)) for s in (*SHARED, *STAGES)}  # the base first, so its errors name its keys
+    raw, doc = doc, {s: validate(s, doc.get(s)) for s in (*SHARED, *STAGES)}  # the base first: its errors name its keys
     out = {s: relocate(s, doc[s], base_dir, point_dir) for s in SHARED}
+    if "deploy" in raw:  # a speed target is met at deploy's shapes (pipeline.training.plan)
+        out["deploy"] = relocate("deploy", validate("deploy", raw["deploy"]), base_dir, base_dir, inside=True)
     for section in STAGES:
         merged = {**relocate(section, doc[section], base_dir, base_dir, inside=True),
                   **sweep["overrides"].get(section, {})}

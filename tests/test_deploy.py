@@ -13,7 +13,7 @@ import pytest
 from deploy.target import CHOICES, TargetError, choose, fastest_ov_int8
 from pipeline.core.schema import TARGET_CHOICES
 
-# Student throughput at b32 x s128 (seq/s), ../shared/reference/SERVING.md
+# Student throughput at b32 x s128 (seq/s), measured on an AMX Xeon and an AVX2-only EPYC (docs/results.md)
 AMX = {"ov-int8": 317.6, "ov-fp32": 98.6, "ort-int8": 174.6}
 AVX2 = {"ov-int8": 27.5, "ov-fp32": 29.5, "ort-int8": 51.2}
 

@@ -60,7 +60,7 @@ def valid_sections() -> dict:
     return doc
 
 
-KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s]]
+KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s] if not SCHEMA[s][k].optional]
 WRONG_TYPE = {str: 7, int: "7", float: "0.5", bool: "true", list: "a", dict: ["a"]}
 WRONG_ITEM = {str: 1, int: "1", float: "0.5", list: 1}
 
@@ -69,7 +69,17 @@ def test_every_section_has_a_valid_example():
     doc = valid_sections()
     assert set(doc) == set(SCHEMA)  # a new section needs an example here, and then is checked below
     for section in SCHEMA:
-        assert validate(section, doc[section]) == doc[section]
+        defaults = {k: spec.default for k, spec in SCHEMA[section].items() if spec.optional}
+        assert validate(section, doc[section]) == {**defaults, **doc[section]}
+
+
+def test_an_optional_key_left_out_takes_its_default_and_a_set_one_is_checked():
+    values = valid_sections()["prune"]
+    assert "speedup" not in values and validate("prune", values)["speed_backend"] == "ov-int8"
+    with pytest.raises(ParamsError, match="prune.speed_backend = 'tflite' is not allowed; allowed: ov-int8, ort-int8"):
+        validate("prune", {**values, "speed_backend": "tflite"})
+    with pytest.raises(ParamsError, match="prune.speedup .* sparsity on top of it is not supported"):
+        validate("prune", {**values, "speedup": 3.0})  # the tiny params prune to 80%
 
 
 @pytest.mark.parametrize("section,key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])

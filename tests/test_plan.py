@@ -166,3 +166,14 @@ def test_seeds_record_the_bench_measured_speedup_on_the_fastest_backend():
     assert rec["speedup_vs_teacher_shipped_x"] == round(108 / 33, 3)
     assert rec["speedup_vs_teacher_shipped_b1_x"] == round(1.8 / 0.8, 3)
     assert rec["speedup_vs_teacher_x"]["ort-int8"] == {"b32xs128": 3.8}
+
+
+def test_every_registered_criterion_and_backend_has_its_code():
+    from deploy.backends import BACKENDS as LOADERS
+    from deploy.target import TARGETS
+    from pipeline.core.registry import BACKENDS, CRITERIA
+    from pipeline.training.inc import KASP_CRITERIA
+
+    assert {k for k, v in CRITERIA.items() if v == "kasp"} == set(KASP_CRITERIA)
+    assert set(LOADERS) == set(BACKENDS)
+    assert {t["backend"] for t in TARGETS.values()} == {b.name for b in BACKENDS.values() if b.target}

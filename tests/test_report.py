@@ -291,3 +291,23 @@ def test_compare_reads_the_details_beside_a_headline_file(tmp_path):
     f = compare.load(tmp_path / "metrics" / "bench.json")
     assert f["kind"] == "bench" and f["path"].endswith("details/bench.json")
     assert len(f["rows"]) == len(fixture("bench")["results"])
+
+
+def test_the_report_leads_with_the_student_against_its_teacher_on_the_same_runtime():
+    from eval.render_gain import headline, render_gain
+
+    def row(model, backend, tput, p50, gz, score, vs_torch):
+        return {"model": model, "backend": backend, "throughput_seq_per_s": tput, "latency_ms_p50": p50,
+                "size_gzip_mb": gz, "score": score, "speedup_x": vs_torch}
+
+    rows = [row("teacher", "ov-int8", 296.3, 1.79, 20.3, 0.834, 3.87), row("student", "ov-int8", 900.0, 0.85, 6.0, 0.828, 11.7),
+            row("teacher", "torch-fp32", 76.6, 8.22, 83.6, 0.834, 1.0), row("student", "torch-fp32", 230.0, 3.1, 25.0, 0.829, 3.0)]
+    deploy = {"models": {"student": {"target": "openvino-int8", "bundle_size": {"gzip_bytes": 5_000_000}}}}
+    compile_ = {"models": {"teacher": {"sizes": {"onnx_fp32": {"gzip_bytes": 83_600_000}}}}}
+    lines = render_gain(rows, deploy, compile_, (1, 32), (32, 128))
+    lead = lines[2]
+    assert lines[0] == "## What pruning bought"
+    assert "ov-int8" in lead and "3.04× its teacher's throughput at b32×s128" in lead and "2.11× at b1×s32" in lead
+    assert "1/16.7" in lead and "-0.0060" in lead
+    assert any("teacher on ov-int8 alone, unpruned, runs 3.87×" in l for l in lines)
+    assert headline(rows, deploy)["student_vs_teacher_x"] == round(900 / 296.3, 4)

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from pipeline.core.models import MODEL_STAGES
+from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, TARGETS
 from pipeline.core.tasks import normalize_task
 from pipeline.training.recipes import RECIPES
 from pipeline.training.schedule import LR_SCHEDULES
@@ -135,10 +136,8 @@ def _shape(v):
         return "must be [batch_size, sequence_length]"
 
 
-# Kept here (not imported from deploy.backends) so validation never imports a runtime.
-TARGET_CHOICES = ("auto", "openvino-int8", "openvino-int8-dense", "openvino-fp32", "onnxruntime-int8",
-                  "onnxruntime-fp32")  # deploy.target
-BACKENDS = ("torch-fp32", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8", "ov-int8-dense")
+TARGET_CHOICES = ("auto", *TARGETS)  # deploy.target
+BACKENDS = tuple(BACKEND_REGISTRY)
 PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, short names
 MODELS = tuple(MODEL_STAGES)  # the deployable models
 
@@ -191,7 +190,7 @@ SCHEMA = {
         "target_sparsity": Key(float, lo=0, hi=1, hi_open=True),
         "pattern": Key(str, check=_pattern),
         "recipe": Key(str, choices=("custom", *RECIPES)),
-        "pruning_type": Key(str, choices=("magnitude", "snip_momentum", "snip", "gradient", "movement")),
+        "pruning_type": Key(str, choices=tuple(CRITERIA)),
         "scope": Key(str, choices=("local", "global")),
         "start": Key(float, lo=0, hi=1, hi_open=True),
         "end": Key(float, lo=0, hi=1),

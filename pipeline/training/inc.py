@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from pipeline.core.registry import CRITERIA
 from pipeline.training.schedule import step_range
 
 # Pruner attributes that make up its progress; saved in checkpoints so a killed run resumes.
@@ -84,6 +85,9 @@ def register_cubic() -> None:
             return min(target_ratio, cubic_sparsity(capped, current_prune_step, total_prune_steps, init_sparsity_ratio))
 
 
+KASP_CRITERIA = {"movement": register_movement}  # pipeline.core.registry.CRITERIA's "kasp" entries
+
+
 def pruning_configs(model, p: dict, total_steps: int, structure: dict | None = None) -> list[dict]:
     """INC's configs: `structure` (a planned student: pipeline.training.plan) prunes heads and FFN
     channels to its own two targets; otherwise prune.pattern at prune.target_sparsity."""
@@ -113,8 +117,8 @@ class Pruner:
 
         # INC logs every layer at every mask update at INFO; keep its warnings only.
         logging.getLogger("neural_compressor").setLevel(logging.WARNING)
-        if p["pruning_type"] == "movement":
-            register_movement()
+        if CRITERIA[p["pruning_type"]] == "kasp":
+            KASP_CRITERIA[p["pruning_type"]]()
         register_cubic()
         orig_save = torch.save
         configs = pruning_configs(model, p, total_steps, structure)

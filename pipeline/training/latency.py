@@ -24,7 +24,7 @@ from pipeline.core.common import cpu_info, write_json
 
 RUNTIMES = {"ov-int8": "openvino", "ort-int8": "onnxruntime"}  # backend -> the package whose version keys the table
 LAYER_COUNTS = (1, 3)
-ROUNDS = 2
+ROUNDS = 3
 
 
 def cache_dir() -> Path:
@@ -70,44 +70,32 @@ def random_model(config, layers: list[dict]):
     return model.eval()
 
 
-class _Timer:
-    """Builds one shape's model the way it ships and times it at each shape."""
+class _Compiled:
+    """One shape's model built the way it ships, ready to time."""
 
-    def __init__(self, backend: str, shapes: list[list[int]], threads: int, vocab: int, work: Path):
-        self.backend, self.shapes, self.threads, self.vocab, self.work = backend, shapes, threads, vocab, work
+    def __init__(self, backend: str, threads: int, work: Path):
+        self.backend, self.threads, self.work = backend, threads, work
 
-    def __call__(self, config, layers: list[dict]) -> dict:
-        from eval.harness import synthetic_feed, time_loop
+    def build(self, config, layers: list[dict], vocab: int):
         from export.onnx import export_torch
 
-        out = self.work / "m"
-        out.mkdir(exist_ok=True)
-        onnx_path = export_torch(random_model(config, layers), out, 18)
-        run = self._runner(onnx_path)
-        # Two rounds, interleaving the shapes, and the faster round's median: a burst of load from
-        # elsewhere on the machine slows one round, and only ever adds time.
-        feeds = {f"b{b}xs{s}": synthetic_feed(b, s, self.vocab, 0) for b, s in self.shapes}
-        medians = {name: [] for name in feeds}
-        for _ in range(ROUNDS):
-            for name, feed in feeds.items():
-                lat = sorted(time_loop(lambda: run(feed), warmup=2, min_iters=5, max_seconds=0.3))
-                medians[name].append(lat[len(lat) // 2])
-        return {name: round(1000 * min(m), 4) for name, m in medians.items()}
+        self.work.mkdir(parents=True)
+        onnx_path = export_torch(random_model(config, layers), self.work, 18)
+        return self._ov(onnx_path, vocab) if self.backend == "ov-int8" else self._ort(onnx_path)
 
-    def _runner(self, onnx_path: Path):
+    def _ov(self, onnx_path: Path, vocab: int):
+        from deploy import openvino as dov
         from eval.harness import synthetic_feed
 
-        if self.backend == "ov-int8":
-            from deploy import openvino as dov
+        calib = [synthetic_feed(1, 32, vocab, s) for s in range(4)]
+        xml = onnx_path.with_name("int8.xml")
+        dov.save(dov.quantize_int8(dov.convert(onnx_path), calib, len(calib)), xml)
+        compiled = dov.compile_model(xml, {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                                           "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads)})
+        request = compiled.create_infer_request()
+        return lambda feed: request.infer(feed, share_inputs=True)
 
-            calib = [synthetic_feed(1, 32, self.vocab, s) for s in range(4)]
-            int8 = dov.quantize_int8(dov.convert(onnx_path), calib, len(calib))
-            xml = onnx_path.with_name("int8.xml")
-            dov.save(int8, xml)
-            compiled = dov.compile_model(xml, {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                                               "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads)})
-            request = compiled.create_infer_request()
-            return lambda feed: request.infer(feed, share_inputs=True)
+    def _ort(self, onnx_path: Path):
         from deploy.ort import make_session, quantize_dynamic_int8
 
         int8 = onnx_path.with_name("int8.onnx")
@@ -115,6 +103,23 @@ class _Timer:
         sess, _ = make_session(int8, ["cpu"], threads=self.threads)
         names = {i.name for i in sess.get_inputs()}
         return lambda feed: sess.run(["logits"], {k: v for k, v in feed.items() if k in names})
+
+
+def time_all(runners: list, feeds: dict, progress=print) -> list[dict]:
+    """Per runner, per shape: the fastest of ROUNDS medians. A round times every model once, in
+    alternating order, so a burst of load from elsewhere on the machine (it only ever adds time)
+    slows one round of a model, minutes apart from its others."""
+    from eval.harness import time_loop
+
+    medians = [{name: [] for name in feeds} for _ in runners]
+    for k in range(ROUNDS):
+        order = list(range(len(runners)))[::1 if k % 2 == 0 else -1]
+        for i in order:
+            for name, feed in feeds.items():
+                lat = sorted(time_loop(lambda: runners[i](feed), warmup=2, min_iters=5, max_seconds=0.25))
+                medians[i][name].append(lat[len(lat) // 2])
+        progress(f"[latency] timing round {k + 1}/{ROUNDS} done")
+    return [{name: round(1000 * min(m), 4) for name, m in row.items()} for row in medians]
 
 
 def plan_rows(base: dict) -> list[dict]:
@@ -133,19 +138,23 @@ def measure(config, backend: str, shapes: list[list[int]], threads: int, progres
     """Time every row of plan_rows; {"key", "rows": [{layers, heads, ffn, [check], ms: {b..xs..: ms}}]}."""
     import torch
 
+    from eval.harness import synthetic_feed
+
     if backend not in RUNTIMES:
         raise KeyError(f"latency tables time {', '.join(RUNTIMES)}; got {backend!r}")
     torch.set_num_threads(threads)
     base = base_shape(config)
-    rows = []
+    todo = plan_rows(base)
     with tempfile.TemporaryDirectory() as work:
-        timer = _Timer(backend, shapes, threads, base["vocab"], Path(work))
-        todo = plan_rows(base)
+        runners = []
         for i, row in enumerate(todo):
             shape = [{"heads": row["heads"], "ffn": row["ffn"]}] * row["layers"]
-            rows.append({**row, "ms": timer(config, shape)})
-            progress(f"[latency] {i + 1}/{len(todo)} {row['layers']} layers x {row['heads']} heads x FFN "
-                     f"{row['ffn']}: {rows[-1]['ms']}")
+            runners.append(_Compiled(backend, threads, Path(work) / str(i)).build(config, shape, base["vocab"]))
+            progress(f"[latency] built {i + 1}/{len(todo)}: {row['layers']} layers x {row['heads']} heads x "
+                     f"FFN {row['ffn']}")
+        feeds = {f"b{b}xs{s}": synthetic_feed(b, s, base["vocab"], 0) for b, s in shapes}
+        times = time_all(runners, feeds, progress)
+    rows = [{**row, "ms": ms} for row, ms in zip(todo, times)]
     return {"key": table_key(base, backend, shapes, threads), "rows": rows}
 
 

@@ -7,7 +7,7 @@ Write a preset's keys into a params file with
     python -m pipeline.training.recipes sparsebert [params.yaml]
 
 Step counts and learning rates are left to the profile: they depend on the data size. Sources and
-what each recipe does: ../shared/reference/RECIPES.md and the README's "Recipes".
+what each recipe does: docs/recipes.md.
 """
 from __future__ import annotations
 
