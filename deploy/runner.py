@@ -157,7 +157,10 @@ def _openvino_text(root: Path, config: dict, max_length: int, device: str, threa
     def feed(texts, pairs):
         if (pairs is not None) != ("text_pair" in names):
             raise ValueError("this model takes text pairs" if pairs is None else "this model takes single texts")
-        return {"text": np.array(texts, dtype=str)} | ({} if pairs is None else {"text_pair": np.array(pairs, dtype=str)})
+        feed = {"text": np.array(texts, dtype=str)}
+        if pairs is not None:
+            feed["text_pair"] = np.array(pairs, dtype=str)
+        return feed
 
     def run(texts, pairs):
         return np.array(request.infer(feed(texts, pairs))[compiled.output(0)], dtype=np.float32)  # a copy: reused
@@ -347,7 +350,8 @@ def score_rows(bundle: Bundle, rows: list[tuple[int, str, str | None]], batch_si
                 continue
             texts, pairs = [t for _, t, _ in part], [p for *_, p in part] if pair_rows else None
             answers = bundle.predict(texts, pairs, batch_size)
-            for (n, *_), answer, note in zip(part, answers, bundle.notes(texts, pairs, bundle.token_counts(texts, pairs))):
+            notes = bundle.notes(texts, pairs, bundle.token_counts(texts, pairs, batch_size))
+            for (n, *_), answer, note in zip(part, answers, notes):
                 out[n] = {"line": n, **answer, **note}
         yield from (out[n] for n, *_ in chunk)
 
@@ -404,7 +408,7 @@ def main(argv=None) -> int:
         rows = [(0, args.text, args.pair)] if args.text is not None else read_jsonl(args.jsonl) if args.jsonl else []
         bundle = Bundle(args.bundle, args.device, args.threads)
         if args.show_info:  # to stderr when predicting, so stdout stays one line per input
-            print(json.dumps(bundle.info()), file=sys.stdout if args.text is None and args.jsonl is None else sys.stderr)
+            print(json.dumps(bundle.info()), file=sys.stderr if rows or args.jsonl else sys.stdout)
         for answer in score_rows(bundle, rows, args.batch_size):
             if args.text is not None:
                 del answer["line"]

@@ -30,8 +30,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
 from deploy.v2request import BadRequest, texts as check_texts
 
 LOOPBACK = "127.0.0.1"
@@ -112,7 +110,7 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     from deploy.runner import Bundle
-    from deploy.v2app import Stats
+    from deploy.v2app import VERSION, Stats
 
     class BundleModel(kserve.Model):
         def load(self) -> bool:
@@ -176,7 +174,7 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
                 labels = [a["label"] for a in self.bundle.answers(logits)]
                 outputs.append(InferOutput("label", [len(labels)], "BYTES", labels))
             notes = self.bundle.notes(texts, pairs, counts)
-            return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, model_version="1",
+            return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, model_version=VERSION,
                                  parameters=_notes_parameters(notes), use_binary_outputs=payload.use_binary_outputs,
                                  requested_outputs=payload.request_outputs), len(texts)
 
@@ -190,7 +188,8 @@ def body_limit(app, max_bytes: int):
 
     async def reply(scope, send, status: int, message: str):
         logger.warning("rejected %s %s: %d %s", scope.get("method"), scope.get("path"), status, message)
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
 
     async def middleware(scope, receive, send):

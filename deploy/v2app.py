@@ -140,8 +140,9 @@ def make_app(dataplane: BundleDataPlane) -> FastAPI:
               ("/repository/models/{model_name}/load", model_control, "POST"),
               ("/repository/models/{model_name}/unload", model_control, "POST")]
     for prefix in ("/models/{model_name}", "/models/{model_name}/versions/{model_version}"):
-        routes += [(prefix, metadata, "GET"), (f"{prefix}/ready", model_ready, "GET"), (f"{prefix}/config", config, "GET"),
-                   (f"{prefix}/stats", stats, "GET"), (f"{prefix}/infer", infer, "POST")]
+        routes += [(prefix, metadata, "GET"), (f"{prefix}/ready", model_ready, "GET"),
+                   (f"{prefix}/config", config, "GET"), (f"{prefix}/stats", stats, "GET"),
+                   (f"{prefix}/infer", infer, "POST")]
     for path, handler, method in routes:
         app.add_api_route(f"/v2{path}", handler, methods=[method], response_model=None)
     _add_handlers(app)
