@@ -2,6 +2,8 @@
 
     python runner.py --text "great sound" [--pair "second sentence"]      # from inside the bundle folder
     python -m deploy.runner BUNDLE --jsonl rows.jsonl                     # rows: {"text": ..., "text_pair": ...}
+    # each answer is one JSON line: its input line number, the answer, tokens kept and before truncation,
+    # truncated, empty (docs/serving.md); a bad argument or JSONL line is an error naming it, nothing scored
     python -m deploy.runner BUNDLE --show-info                            # manifest (minus hashes), load time
 
     from deploy.runner import Bundle
@@ -165,8 +167,14 @@ def _openvino_text(root: Path, config: dict, max_length: int, device: str, threa
     def run(texts, pairs):
         return np.array(request.infer(feed(texts, pairs))[compiled.output(0)], dtype=np.float32)  # a copy: reused
 
-    counter = _fused_token_counter(root, device, threads)
-    return run, names, lambda texts, pairs: counter(feed(texts, pairs))
+    counter = []  # built at the first count: predict() alone (e.g. eval.startup's first answer) never pays for it
+
+    def count(texts, pairs):
+        if not counter:
+            counter.append(_fused_token_counter(root, device, threads))
+        return counter[0](feed(texts, pairs))
+
+    return run, names, count
 
 
 def _fused_token_counter(root: Path, device: str, threads: int | None):

@@ -118,6 +118,7 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
             self.pairs = "text_pair" in self.bundle.input_names or self.bundle.manifest.get("pairs", False)
             self.batcher = Batcher(self._score, limits["max_batch"], limits["max_delay_ms"] / 1000)
             self.stats = Stats()
+            self._score(["warm up"], ["warm up"] if self.pairs else None)  # the first request pays no set-up
             self.ready = True
             return self.ready
 

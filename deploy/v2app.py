@@ -32,7 +32,9 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.exceptions import HTTPException
 
-from deploy.v2request import HEADER_LENGTH, BadRequest, decode
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+from deploy.v2request import HEADER_LENGTH, BadRequest, Request as WireRequest, decode
 
 VERSION = "1"  # a server holds one bundle: one version
 MAX_LOGGED = 300  # characters of an error message in the log
@@ -92,6 +94,14 @@ def _add_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal)
 
 
+def to_kserve(request: WireRequest, model_name: str) -> InferRequest:
+    """The checked request as kserve's InferRequest, the form its data plane and model take."""
+    inputs = [InferInput(i["name"], i["shape"], i["datatype"], i["data"], i["parameters"]) for i in request.inputs]
+    outputs = [RequestedOutput(o["name"], o["parameters"]) for o in request.outputs] if request.outputs else None
+    return InferRequest(model_name, inputs, request_id=request.id, parameters=request.parameters,
+                        request_outputs=outputs)
+
+
 def _version(model_name: str, version: str | None) -> None:
     if version is not None and version != VERSION:
         raise Refused(404, f"model {model_name!r} has only version {VERSION}, not {version[:40]!r}")
@@ -120,8 +130,8 @@ def make_app(dataplane: BundleDataPlane) -> FastAPI:
 
     async def infer(request: Request, response: Response, model_name: str, model_version: str | None = None):
         model_of(model_name, model_version)
-        body = decode(await request.body(), request.headers.get(HEADER_LENGTH), model_name)
-        return await v2.infer(request, response, model_name, body)
+        body = decode(await request.body(), request.headers.get(HEADER_LENGTH))
+        return await v2.infer(request, response, model_name, to_kserve(body, model_name))
 
     async def stats(model_name: str | None = None, model_version: str | None = None):
         names = [model_name] if model_name else list(dataplane.model_registry.get_models())

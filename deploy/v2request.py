@@ -6,16 +6,19 @@ Two wire forms, told apart the way tritonclient sends them (with or without a Co
   and the inputs whose parameters carry `binary_data_size` follow it back to back; a BYTES element is a
   4-byte little-endian length and that many UTF-8 bytes.
 
-`decode` turns either into kserve's InferRequest, with every BYTES element a str, or raises BadRequest
-naming the fault (the header, the input, the element index). `texts` then checks what the model needs:
-the input names, datatype, shape, count and each text (a string, UTF-8, no NUL, not too long).
+`decode` turns either into a Request, every BYTES element a str, or raises BadRequest naming the fault
+(the header, the input, the element index); deploy/v2app.py hands it to kserve as an InferRequest.
+`texts` then checks what the model needs: the input names, datatype, shape, count and each text (a
+string, UTF-8, no NUL, not too long).
 kserve's own decoder is not used for bodies: it answers a bad length prefix or non-UTF-8 bytes with a
-500 and scores a body shorter than it declares.
+500 and scores a body shorter than it declares. Nothing here imports kserve: its protobuf module and
+tritonclient.grpc's register the same `inference.*` names and cannot share a process (the tests).
 """
 from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 
 from deploy.runner import text_problem
 
@@ -25,6 +28,16 @@ PREFIX = struct.Struct("<I")
 
 class BadRequest(ValueError):
     """The client sent something this server cannot score; the message says what and where."""
+
+
+@dataclass
+class Request:
+    """A v2 infer request, read and checked: inputs as {name, shape, datatype, parameters, data},
+    requested outputs as {name, parameters} (None: all)."""
+    id: str | None
+    parameters: dict
+    inputs: list[dict]
+    outputs: list[dict] | None
 
 
 def _header_size(value: str, body_size: int) -> int:
@@ -118,21 +131,19 @@ def _inputs(header: dict, binary: bytes | None) -> list[dict]:
     return out
 
 
-def _outputs(header: dict):
-    from kserve.protocol.infer_type import RequestedOutput
-
+def _outputs(header: dict) -> list[dict] | None:
     specs = header.get("outputs")
     if specs is None:
         return None
     if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
         raise BadRequest("'outputs' must be a list of objects with a string 'name'")
-    return [RequestedOutput(s["name"], s.get("parameters") or {}) for s in specs] or None
+    if not all(isinstance(s.get("parameters") or {}, dict) for s in specs):
+        raise BadRequest("an output's parameters must be an object")
+    return [{"name": s["name"], "parameters": s.get("parameters") or {}} for s in specs] or None
 
 
-def decode(body: bytes, header_length: str | None, model_name: str):
-    """kserve's InferRequest from a v2 body (JSON, or binary-data when header_length is given), or BadRequest."""
-    from kserve.protocol.infer_type import InferInput, InferRequest
-
+def decode(body: bytes, header_length: str | None) -> Request:
+    """A v2 body read and checked (JSON, or binary-data when header_length is given), or BadRequest."""
     if header_length is None:
         header, binary = _json_object(body, "the body"), None
     else:
@@ -140,10 +151,7 @@ def decode(body: bytes, header_length: str | None, model_name: str):
         header, binary = _json_object(body[:size], "the JSON header"), body[size:]
     if not isinstance(header.get("id", ""), str) or not isinstance(header.get("parameters") or {}, dict):
         raise BadRequest("'id' must be a string and 'parameters' an object")
-    inputs = [InferInput(i["name"], i["shape"], i["datatype"], i["data"], i["parameters"])
-              for i in _inputs(header, binary)]
-    return InferRequest(model_name, inputs, request_id=header.get("id"), parameters=header.get("parameters") or {},
-                        request_outputs=_outputs(header))
+    return Request(header.get("id"), header.get("parameters") or {}, _inputs(header, binary), _outputs(header))
 
 
 def _texts(name: str, dtype, shape, data, limits: dict) -> list[str]:

@@ -3,7 +3,10 @@ batch kept to its own request, readiness, the Batcher, and a bounded 200-request
 answers equal the bundle runner's. The real-client (tritonclient) conformance tests: test_server_conformance.py."""
 import asyncio
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,7 @@ import pytest
 from deploy.server import LIMITS, Batcher
 from deploy.v2request import BadRequest, decode, texts
 from eval import loadtest
+from tests.conftest import ROOT
 from tests.serving import served, text_bundle  # noqa: F401  (fixtures)
 
 
@@ -55,11 +59,11 @@ def binary_body(values: list[bytes], declared: int | None = None, name: str = "t
 
 def test_decode_reads_json_and_binary_forms_alike():
     body, size = binary_body([b"a fine day", "é😀".encode()])
-    got = decode(body, size, "student").inputs[0]
-    assert (got.name, got.datatype, got.shape, got.data) == ("text", "BYTES", [2], ["a fine day", "é😀"])
+    got = decode(body, size).inputs[0]
+    assert (got["name"], got["datatype"], got["shape"], got["data"]) == ("text", "BYTES", [2], ["a fine day", "é😀"])
     js = decode(json.dumps({"id": "r1", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                                    "data": ["x"]}]}).encode(), None, "student")
-    assert js.id == "r1" and js.inputs[0].data == ["x"]
+                                                    "data": ["x"]}]}).encode(), None)
+    assert js.id == "r1" and js.inputs[0]["data"] == ["x"]
 
 
 def _cut_prefix():
@@ -89,7 +93,7 @@ def _cut_prefix():
 def test_decode_refuses_malformed_bodies_naming_the_fault(make, match):
     body, size = make()
     with pytest.raises(BadRequest, match=match):
-        decode(body, size, "student")
+        decode(body, size)
 
 
 def test_batcher_keeps_a_failure_to_the_request_that_caused_it():
@@ -136,30 +140,41 @@ def test_batcher_joins_concurrent_requests_and_splits_the_answers():
     assert max(seen) <= 8 + 1  # a batch stops growing at max_batch (the last request may carry it one over)
 
 
+READINESS = """
+import asyncio
+from pathlib import Path
+from kserve.model_repository import ModelRepository
+from deploy.server import LIMITS, Batcher, make_model
+from deploy.v2app import BundleDataPlane
+
+model = make_model(Path("unused"), "student", LIMITS, 1)  # not loaded: not ready
+model.batcher = Batcher(None, 1, 0.0)
+registry = ModelRepository()
+plane = BundleDataPlane(registry)
+seen = [asyncio.run(plane.ready())]  # no model at all
+registry.update(model)
+seen.append(asyncio.run(plane.ready()))
+model.ready = True
+seen.append(asyncio.run(plane.ready()))
+
+async def dead_loop():
+    model.batcher.task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    await model.batcher.task
+    return await plane.ready()
+
+seen.append(asyncio.run(dead_loop()))  # the batching loop ended: nothing would answer
+print(seen)
+"""
+
+
 def test_readiness_follows_the_model_and_the_batching_loop():
     """Before issue 27 /v2/health/ready said true after the model was unloaded (kserve's DataPlane.ready is
-    always True without a predictor host)."""
-    from kserve.model_repository import ModelRepository
-
-    from deploy.server import make_model
-    from deploy.v2app import BundleDataPlane
-
-    model = make_model(Path("unused"), "student", LIMITS, 1)  # not loaded: not ready
-    model.batcher = Batcher(None, 1, 0.0)
-    registry = ModelRepository()
-    plane = BundleDataPlane(registry)
-    assert asyncio.run(plane.ready()) is False  # no model at all
-    registry.update(model)
-    assert asyncio.run(plane.ready()) is False
-    model.ready = True
-    assert asyncio.run(plane.ready()) is True
-
-    async def dead_loop():
-        model.batcher.task = asyncio.get_running_loop().create_task(asyncio.sleep(0))
-        await model.batcher.task
-        return await plane.ready()
-
-    assert asyncio.run(dead_loop()) is False  # the batching loop ended: nothing would answer
+    always True without a predictor host). In its own process: kserve's protobuf module and
+    tritonclient.grpc's (deploy.repository) register the same names and cannot share one."""
+    res = subprocess.run([sys.executable, "-c", READINESS], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[-2] == "[False, False, True, False]"
 
 
 @pytest.fixture(scope="module")
