@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 import uuid
@@ -33,6 +34,7 @@ from pathlib import Path
 from deploy.v2request import BadRequest, texts as check_texts
 
 LOOPBACK = "127.0.0.1"
+log = logging.getLogger("kserve")  # kserve's logger, by name: importing kserve here would load its protobufs
 LIMITS = {"max_texts": 64, "max_chars": 2000, "max_body_bytes": 1 << 20, "max_batch": 32, "max_delay_ms": 5.0}
 
 
@@ -81,6 +83,8 @@ class Batcher:
                 if not batch[0][2].done():
                     batch[0][2].set_exception(e)
                 return
+            log.warning("a batch of %d requests failed (%s: %s); running each alone", len(batch),
+                        type(e).__name__, str(e)[:200])
             for one in batch:  # whose was it? each alone: the others are answered
                 await self._call([one])
             return
@@ -93,8 +97,15 @@ class Batcher:
 
     async def _loop(self):
         while True:
-            if batch := await self._gather():
+            if not (batch := await self._gather()):
+                continue
+            try:
                 await self._call(batch)
+            except Exception as e:  # a fault of the batcher itself: answer the batch, keep the loop
+                log.exception("batching failed")
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
 
 
 def _notes_parameters(notes: list[dict]) -> dict:

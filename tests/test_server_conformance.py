@@ -255,8 +255,8 @@ async def _send_all(url: str, requests: list[tuple[bytes, dict]]) -> list[httpx.
         return await asyncio.gather(*(http.post(url, content=body, headers=headers) for body, headers in requests))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=12, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(REQUEST, min_size=2, max_size=24))
 def test_random_good_and_bad_requests_sent_together(served, runner, requests):  # noqa: F811
     """Every good request is answered as the runner answers it, every bad one is a 400 naming its fault,
