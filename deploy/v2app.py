@@ -29,10 +29,9 @@ from fastapi.responses import JSONResponse
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
 from kserve.logging import logger
 from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.exceptions import HTTPException
-
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
 from deploy.v2request import HEADER_LENGTH, BadRequest, Request as WireRequest, decode
 
