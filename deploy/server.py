@@ -86,7 +86,8 @@ class Batcher:
             log.warning("a batch of %d requests failed (%s: %s); running each alone", len(batch),
                         type(e).__name__, str(e)[:200])
             for one in batch:  # whose was it? each alone: the others are answered
-                await self._call([one])
+                if not one[2].done():  # a client that went away needs no answer
+                    await self._call([one])
             return
         self.calls += 1
         start = 0
