@@ -274,3 +274,99 @@ def test_unknown_engine_and_wrong_files_are_refused(built, tmp_path):
         write_bundle(tmp_path / "b", "onnxruntime", ir_files(xml), built[2], labels=None, problem_type="regression",
                      max_length=8, runtime_config={"providers": ["CPUExecutionProvider"]}, info={})
     assert list(tmp_path.iterdir()) == []
+
+
+# --- runner: no row lost, every argument checked (issue 27) ----------------------------------------------------
+
+def write_rows(path: Path, rows: list, bad: dict | None = None) -> Path:
+    """JSONL of {"text": ...} rows; `bad` maps 1-based line numbers to raw lines put there instead."""
+    lines = [json.dumps({"text": t}) for t in rows]
+    for n, raw in (bad or {}).items():
+        lines[n - 1] = raw
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),  # was: exit 0, no output, 600 rows dropped
+    (["--batch-size", "-1"], "--batch-size must be >= 1, got -1"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--device", " "], "--device is empty"),
+])
+def test_cli_refuses_a_bad_argument_before_anything_runs(built, tmp_path, args, message):
+    res = run_cli(built[2], "--jsonl", write_rows(tmp_path / "rows.jsonl", SENTENCES * 100), *args)
+    assert res.returncode != 0 and res.stdout == "" and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_refuses_undecodable_text_naming_the_byte(built):
+    """`--text $'\\xff'` ended in a bare SystemError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "deploy.runner", str(built[2]), "--text", b"caf\xe9"], cwd=ROOT,
+                         env=env, capture_output=True, timeout=120)
+    stderr = res.stderr.decode()
+    assert res.returncode != 0 and res.stdout == b"" and "Traceback" not in stderr
+    assert "--text: not UTF-8" in stderr and "byte 0xe9 at byte 3" in stderr, stderr
+
+
+def test_cli_bad_jsonl_line_is_named_and_nothing_is_scored(built, tmp_path):
+    """A bad line 41 of 600 printed 32 answers, then the error: rows 33-40 were lost, unsaid."""
+    path = write_rows(tmp_path / "rows.jsonl", SENTENCES * 100, {41: "{not json", 77: json.dumps({"text": 5}),
+                                                                 90: json.dumps({"text": "a\u0000b"})})
+    res = run_cli(built[2], "--jsonl", path)
+    assert res.returncode == 1 and res.stdout == "", res.stdout[:300]
+    assert "3 bad line(s), nothing scored" in res.stderr
+    assert f"{path}:41: not JSON" in res.stderr and f"{path}:77: 'text': expected a string" in res.stderr
+    assert f"{path}:90: 'text': a NUL character" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_non_utf8_jsonl_names_the_line_and_byte(built, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    res = run_cli(built[2], "--jsonl", path)
+    assert res.returncode == 1 and res.stdout == ""
+    assert f"{path}:2: not UTF-8" in res.stderr and "byte 0xe9" in res.stderr, res.stderr
+
+
+def test_cli_answers_every_row_keyed_to_its_line(built, tmp_path, bundle):
+    rows = SENTENCES * 100
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) + ("\n" if i % 7 == 3 else "") for i, t in enumerate(rows)))
+    res = run_cli(built[2], "--jsonl", path, "--batch-size", "7")
+    assert res.returncode == 0, res.stderr
+    out = [json.loads(line) for line in res.stdout.splitlines()]
+    lines = [n for n, line in enumerate(path.read_text().split("\n"), 1) if line.strip()]
+    assert [o["line"] for o in out] == lines and len(out) == len(rows)
+    assert [o["label"] for o in out] == [p["label"] for p in bundle.predict(rows)]
+
+
+def test_cli_says_when_a_text_was_empty_or_truncated(built, tmp_path):
+    """Both were scored without a word before issue 27."""
+    long = " ".join(SENTENCES * 6)
+    path = write_rows(tmp_path / "rows.jsonl", ["", long, SENTENCES[0]])
+    res = run_cli(built[2], "--jsonl", path)
+    assert res.returncode == 0, res.stderr
+    empty, cut, plain = (json.loads(line) for line in res.stdout.splitlines())
+    assert empty["empty"] and not empty["truncated"] and empty["tokens"] == 2  # [CLS] [SEP]
+    assert cut["truncated"] and cut["tokens"] == MAX_LENGTH and cut["tokens_in"] > MAX_LENGTH
+    assert not plain["empty"] and not plain["truncated"] and plain["tokens"] == plain["tokens_in"] < MAX_LENGTH
+    assert f"{path}:1: empty text" in res.stderr
+    assert f"{path}:2: truncated to {MAX_LENGTH} of {cut['tokens_in']} tokens" in res.stderr
+
+
+def test_token_counts_are_the_hf_tokenizers_before_truncation(built, bundle):
+    _, tok, _ = built
+    texts = ["", SENTENCES[0], " ".join(SENTENCES * 6)]
+    pairs = [SENTENCES[1]] * 3
+    assert bundle.token_counts(texts).tolist() == [len(tok(t)["input_ids"]) for t in texts]
+    assert bundle.token_counts(texts, pairs).tolist() == [len(tok(t, p)["input_ids"]) for t, p in zip(texts, pairs)]
+
+
+@pytest.mark.parametrize("value,problem", [(5, "expected a string, got int"), (None, "got NoneType"),
+                                           ("\ud800", "not valid UTF-8"), ("a\x00", "NUL character at character 1"),
+                                           ("", None), ("élan 😀", None)])
+def test_text_problem(value, problem):
+    from deploy.runner import text_problem
+
+    got = text_problem(value)
+    assert (got is None) if problem is None else (problem in got), got
