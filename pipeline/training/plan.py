@@ -1,13 +1,15 @@
 """Choose a student's structure for a speed target, from a measured latency table (pipeline.training.latency).
 
-Pure functions on the table's rows. The cost model: time(shape) = fixed + sum over layers of
-(attention(heads) + ffn(width) - one full layer), each term interpolated piecewise-linearly between the
-head counts and widths the table timed. The search tries every layer count, head count and FFN width
-(a multiple of 64, or the full width) and keeps the structure that meets every target with as little
-removed as possible: the most layers first, then the most encoder weights. Layers go last because a
-dropped layer cost far more accuracy than the same weights slimmed in width: on MRPC, distilled at 50%
-of the encoder's weights, 3 of 6 layers lost 5.5 points and half of every layer's heads and FFN gained
-0.7 (one seed each, docs/results.md "Sweeps"), at about the same speed.
+Pure functions on the table's rows. The cost model: time(shape) = fixed + the sum of its layers' costs,
+a layer's cost interpolated bilinearly on the table's grid of head counts x FFN widths. The search tries
+every layer count, head count and FFN width (a multiple of 64, or the full width) and keeps the structure
+that meets every target with as little removed as possible: the most layers first, then the most encoder
+weights. Layers go last because a dropped layer cost far more accuracy than the same weights slimmed in
+width: on MRPC, distilled at 50% of the encoder's weights, 3 of 6 layers lost 5.5 points and half of every
+layer's heads and FFN gained 0.7 (one seed each, docs/results.md "Sweeps"), at about the same speed.
+Heads and FFN keep fractions within a factor of BALANCE of each other: the slimmed students measured
+(the sweep's slim points) kept both in one proportion, and nothing measured says that a one-head layer
+with a wide FFN distils well, though it keeps more weights.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 FFN_STEP = 64  # kept FFN widths: multiples of this (OpenVINO's sparse kernel and AMX tiles want 64)
+BALANCE = 2.0
 
 
 class PlanError(ValueError):
@@ -25,17 +28,18 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class CostModel:
-    """Per shape name ("b32xs128"): the fixed part and per-layer curves over heads and FFN width."""
+    """Per shape name ("b32xs128"): the fixed part and the per-layer cost on the (heads x FFN) grid."""
     base: dict
     fixed: dict
-    heads: dict   # shape -> (head counts, layer ms at full FFN)
-    ffn: dict     # shape -> (widths, layer ms at full heads)
+    heads: list   # grid head counts
+    ffns: list    # grid FFN widths
+    layer: dict   # shape -> array [len(heads), len(ffns)] of per-layer ms
 
     def layer_ms(self, shape: str, heads: int, ffn: int) -> float:
-        hx, hy = self.heads[shape]
-        fx, fy = self.ffn[shape]
-        full = float(np.interp(self.base["heads"], hx, hy))
-        return float(np.interp(heads, hx, hy) + np.interp(ffn, fx, fy) - full)
+        """Bilinear in (heads, ffn) between grid points (clamped at the edges)."""
+        grid = self.layer[shape]
+        along_ffn = [np.interp(ffn, self.ffns, row) for row in grid]
+        return float(np.interp(heads, self.heads, along_ffn))
 
     def predict(self, shape: str, layers: list[dict]) -> float:
         return self.fixed[shape] + sum(self.layer_ms(shape, l["heads"], l["ffn"]) for l in layers)
@@ -47,30 +51,31 @@ class CostModel:
         return [{"heads": self.base["heads"], "ffn": self.base["ffn"]}] * self.base["layers"]
 
 
-def _per_layer(rows: list[dict], shape: str, heads: int, ffn: int) -> tuple[float, float]:
-    """(layer ms, fixed ms) of one width from its one- and three-layer timings."""
-    t = {r["layers"]: r["ms"][shape] for r in rows
-         if r["heads"] == heads and r["ffn"] == ffn and not r.get("check")}
-    if set(t) != {1, 3}:
-        raise PlanError(f"latency table has no 1- and 3-layer timings for {heads} heads x FFN {ffn} at {shape}")
-    layer = (t[3] - t[1]) / 2
-    return layer, t[1] - layer
+def _grid_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r.get("check")]
+
+
+def _fixed(rows: list[dict], shape: str, grid_layers: int) -> float:
+    """The fixed part, from each width timed at one layer and at the grid's layer count (the median)."""
+    at = {(r["layers"], r["heads"], r["ffn"]): r["ms"][shape] for r in _grid_rows(rows)}
+    pairs = [(t1, at[(grid_layers, h, f)]) for (n, h, f), t1 in at.items() if n == 1 and (grid_layers, h, f) in at]
+    if not pairs:
+        raise PlanError(f"latency table has no width timed at 1 and {grid_layers} layers at {shape}")
+    return float(np.median([t1 - (tn - t1) / (grid_layers - 1) for t1, tn in pairs]))
 
 
 def cost_model(table: dict) -> CostModel:
-    base, rows = table["key"]["base"], table["rows"]
+    base, rows = table["key"]["base"], _grid_rows(table["rows"])
+    grid_layers = max(r["layers"] for r in rows)
+    heads = sorted({r["heads"] for r in rows if r["layers"] == grid_layers})
+    ffns = sorted({r["ffn"] for r in rows if r["layers"] == grid_layers})
+    at = {(r["heads"], r["ffn"]): r["ms"] for r in rows if r["layers"] == grid_layers}
+    if missing := [(h, f) for h in heads for f in ffns if (h, f) not in at]:
+        raise PlanError(f"latency table has no {grid_layers}-layer timing for (heads, FFN) {missing[:3]}")
     shapes = sorted({s for r in rows for s in r["ms"]})
-    fixed, heads, ffn = {}, {}, {}
-    for s in shapes:
-        hs = sorted({r["heads"] for r in rows if r["ffn"] == base["ffn"] and not r.get("check")})
-        fs = sorted({r["ffn"] for r in rows if r["heads"] == base["heads"] and not r.get("check")})
-        h_fit = [_per_layer(rows, s, h, base["ffn"]) for h in hs]
-        f_fit = [_per_layer(rows, s, base["heads"], f) for f in fs]
-        # Every width's fit has its own estimate of the fixed part; the median is robust to one noisy pair.
-        fixed[s] = float(np.median([fx for _, fx in h_fit + f_fit]))
-        heads[s] = (hs, [lay for lay, _ in h_fit])
-        ffn[s] = (fs, [lay for lay, _ in f_fit])
-    return CostModel(base, fixed, heads, ffn)
+    fixed = {s: _fixed(rows, s, grid_layers) for s in shapes}
+    layer = {s: np.array([[(at[(h, f)][s] - fixed[s]) / grid_layers for f in ffns] for h in heads]) for s in shapes}
+    return CostModel(base, fixed, heads, ffns, layer)
 
 
 def checks(model: CostModel, table: dict) -> list[dict]:
@@ -93,6 +98,11 @@ def kept_weights(base: dict, layers: list[dict]) -> int:
     return sum(4 * h * head * l["heads"] + 2 * h * l["ffn"] for l in layers)
 
 
+def balanced(base: dict, heads: int, ffn: int) -> bool:
+    ratio = (heads / base["heads"]) / (ffn / base["ffn"])
+    return 1 / BALANCE <= ratio <= BALANCE
+
+
 def widths(base: dict) -> list[int]:
     return sorted({*range(FFN_STEP, base["ffn"], FFN_STEP), base["ffn"]})
 
@@ -109,6 +119,8 @@ def search(model: CostModel, targets: dict, layer_counts: list[int] | None = Non
     for n in counts:
         for h in range(1, base["heads"] + 1):
             for f in widths(base):
+                if not balanced(base, h, f):
+                    continue
                 layers = [{"heads": h, "ffn": f}] * n
                 speed = {s: model.speedup(s, layers) for s in targets}
                 slack = min(speed[s] / t for s, t in targets.items())
