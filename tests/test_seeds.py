@@ -91,7 +91,7 @@ def test_seeds_overrides_must_name_a_listed_sparsity():
 
     ok = {"out_dir": "s", "seeds": [0], "target_sparsities": [0.9, 0.95], "overrides": {"95": {"epochs": 16}},
           "reuse": "verified"}
-    assert validate("seeds", ok) == ok
+    assert validate("seeds", ok) == {"bench": False, **ok}  # an optional key left out takes its default
     with pytest.raises(ParamsError, match=r"seeds.overrides names \['80'\], not in seeds.target_sparsities"):
         validate("seeds", {**ok, "overrides": {"80": {"epochs": 16}}})
     with pytest.raises(ParamsError, match="may not set seed or target_sparsity"):
@@ -99,7 +99,7 @@ def test_seeds_overrides_must_name_a_listed_sparsity():
     with pytest.raises(ParamsError, match="unknown or path key"):
         validate("seeds", {**ok, "overrides": {"95": {"out_dir": "x"}}})
     own = {**ok, "overrides": {"95": {"epochs": 2, "data": {"max_train_samples": None}}}}
-    assert validate("seeds", own) == own
+    assert validate("seeds", own) == {"bench": False, **own}
     for data in ({"task": "qnli"}, {}, None):
         with pytest.raises(ParamsError, match="data must be a non-empty mapping of max_train_samples, seed"):
             validate("seeds", {**ok, "overrides": {"95": {"data": data}}})

@@ -6,7 +6,7 @@ every layer count, head count and FFN width (a multiple of 64, or the full width
 that meets every target with as little removed as possible: the most layers first, then the most encoder
 weights. Layers go last because a dropped layer cost far more accuracy than the same weights slimmed in
 width: on MRPC, distilled at 50% of the encoder's weights, 3 of 6 layers lost 5.5 points and half of every
-layer's heads and FFN gained 0.7 (one seed each, docs/results.md "Sweeps"), at about the same speed.
+layer's heads and FFN gained 0.7 (one seed each, docs/results.md "Compression sweep"), at about the same speed.
 Heads and FFN keep fractions within a factor of BALANCE of each other: the slimmed students measured
 (the sweep's slim points) kept both in one proportion, and nothing measured says that a one-head layer
 with a wide FFN distils well, though it keeps more weights.
