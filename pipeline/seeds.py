@@ -59,7 +59,7 @@ def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path
         out["data"] = {**relocate("data", own, base_dir, run_dir), "out_dir": OWN_DATA}
     out["prune"] = validate("prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False})
     if "deploy" in doc:  # a speed target (prune.speedup) is met at deploy's shapes
-        out["deploy"] = relocate("deploy", validate("deploy", doc["deploy"]), base_dir, base_dir, inside=True)
+        out["deploy"] = relocate("deploy", validate("deploy", doc["deploy"]), base_dir, run_dir)
     return out
 
 

@@ -52,12 +52,12 @@ def point_doc(doc: dict, name: str, base_dir: Path, point_dir: Path) -> dict:
     raw, doc = doc, {s: validate(s, doc.get(s)) for s in (*SHARED, *STAGES)}  # the base first: its errors name its keys
     out = {s: relocate(s, doc[s], base_dir, point_dir) for s in SHARED}
     if "deploy" in raw:  # a speed target is met at deploy's shapes (pipeline.training.plan)
-        out["deploy"] = relocate("deploy", validate("deploy", raw["deploy"]), base_dir, base_dir, inside=True)
+        out["deploy"] = relocate("deploy", validate("deploy", raw["deploy"]), base_dir, point_dir)
     for section in STAGES:
         merged = {**relocate(section, doc[section], base_dir, base_dir, inside=True),
                   **sweep["overrides"].get(section, {})}
-        if section == "prune":
-            merged.update(sweep["points"][name])
+        if section == "prune":  # a point states its own speed target; the base run's is not inherited
+            merged.update({"speedup": None, "latency_speedup": None, **sweep["points"][name]})
         try:
             out[section] = validate(section, merged)
         except ParamsError as e:

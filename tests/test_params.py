@@ -8,7 +8,7 @@ import pytest
 from pipeline import data, prune, teacher
 from tests.conftest import ROOT, tiny_params
 from pipeline.core.params import ParamsError, load_section, validate
-from pipeline.core.schema import SCHEMA
+from pipeline.core.schema import DEFAULTS, SCHEMA
 
 BAD = [
     ("prune", "target_sparsity", 1.0, "prune.target_sparsity"),
@@ -57,10 +57,10 @@ def valid_sections() -> dict:
     doc["sweep_report"] = {"out_dir": "report", "backends": ["ov-int8"], "shape": [4, 16]}
     doc["seeds"] = {"out_dir": "seeds", "seeds": [0, 1], "target_sparsities": [0.9], "overrides": {"90": {"epochs": 2}},
                     "reuse": "verified"}
-    return doc
+    return {s: {**DEFAULTS[s], **values} for s, values in doc.items()}  # every key, as validate returns them
 
 
-KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s] if not SCHEMA[s][k].optional]
+KEYS = [(s, k) for s in SCHEMA for k in SCHEMA[s]]
 WRONG_TYPE = {str: 7, int: "7", float: "0.5", bool: "true", list: "a", dict: ["a"]}
 WRONG_ITEM = {str: 1, int: "1", float: "0.5", list: 1}
 
@@ -69,25 +69,30 @@ def test_every_section_has_a_valid_example():
     doc = valid_sections()
     assert set(doc) == set(SCHEMA)  # a new section needs an example here, and then is checked below
     for section in SCHEMA:
-        defaults = {k: spec.default for k, spec in SCHEMA[section].items() if spec.optional}
-        assert validate(section, doc[section]) == {**defaults, **doc[section]}
+        assert validate(section, doc[section]) == {**DEFAULTS[section], **doc[section]}
 
 
-def test_an_optional_key_left_out_takes_its_default_and_a_set_one_is_checked():
+def test_every_key_has_one_default_and_the_defaults_are_valid():
+    assert set(DEFAULTS) == set(SCHEMA)
+    for section in SCHEMA:
+        assert set(DEFAULTS[section]) == set(SCHEMA[section]), section
+        assert validate(section, {}) == DEFAULTS[section]
+
+
+@pytest.mark.parametrize("section,key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
+def test_a_key_left_out_takes_its_default(section, key):
+    values = valid_sections()[section]
+    del values[key]
+    assert validate(section, values)[key] == DEFAULTS[section][key]
+
+
+def test_a_set_key_is_still_checked_against_its_default_free_schema():
     values = valid_sections()["prune"]
-    assert "speedup" not in values and validate("prune", values)["speed_backend"] == "ov-int8"
+    assert values["speedup"] is None and validate("prune", values)["speed_backend"] == "ov-int8"
     with pytest.raises(ParamsError, match="prune.speed_backend = 'tflite' is not allowed; allowed: ov-int8, ort-int8"):
         validate("prune", {**values, "speed_backend": "tflite"})
     with pytest.raises(ParamsError, match="prune.speedup .* sparsity on top of it is not supported"):
         validate("prune", {**values, "speedup": 3.0})  # the tiny params prune to 80%
-
-
-@pytest.mark.parametrize("section,key", KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
-def test_missing_key_is_named(section, key):
-    values = valid_sections()[section]
-    del values[key]
-    with pytest.raises(ParamsError, match=rf"^params: missing key\(s\) {section}\.{key}$"):
-        validate(section, values)
 
 
 @pytest.mark.parametrize("section", SCHEMA)

@@ -155,13 +155,17 @@ def test_a_preset_names_the_keys_that_disagree_and_apply_writes_them(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ParamsError, match=r"prune.recipe = 'sparsebert' needs .*prune.alpha_ce = 0.0 \(is 0.5\)"):
         load_section("prune", path)
-    text = (root / "params.yaml").read_text()
-    path.write_text(text)
+    full = (root / "pipeline/core/defaults.yaml").read_text()  # every key, commented
+    path.write_text(full.replace("target_sparsity: 0.9 ", "target_sparsity: 0.5 "))
     changed = recipes.apply("sparsebert", str(path))
     assert "recipe" in changed and "attention_mse" in changed
     p = load_section("prune", path)
     assert recipes.mismatches(p) == {} and p["attention_mse"] == 1.0 and p["alpha_ce"] == 0.0
     assert "# pre-softmax attention-score MSE" in path.read_text()  # comments kept
+    path.write_text((root / "params.yaml").read_text())  # the repository's: most keys left to their defaults
+    changed = recipes.apply("sparsebert", str(path))
+    assert {"recipe", "pruning_type", "scope"} <= set(changed)
+    assert recipes.mismatches(load_section("prune", path)) == {}
 
 
 def test_movement_and_the_sparsebert_loss_reach_the_target_through_inc(trained):

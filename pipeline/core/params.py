@@ -1,7 +1,7 @@
 """params.yaml validation and loading: every stage validates its own section before it loads anything heavy.
 
-The schema is data (pipeline.core.schema). Every key is required unless the schema marks it optional
-(then its default fills in), unknown keys are errors, and each error names the key, the bad value and
+The schema is data (pipeline.core.schema). A key a params file leaves out takes its default
+(pipeline/core/defaults.yaml), unknown keys are errors, and each error names the key, the bad value and
 what is allowed. Paths are relative to the params file.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.core.schema import SCHEMA, Key
+from pipeline.core.schema import DEFAULTS, SCHEMA, Key
 from pipeline.core.tasks import GLUE, METRICS
 from pipeline.training.recipes import mismatches
 
@@ -58,10 +58,7 @@ def validate(section: str, values) -> dict:
     if unknown:
         raise ParamsError(f"params: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; "
                           f"allowed: {', '.join(schema)}")
-    missing = [k for k, spec in schema.items() if k not in values and not spec.optional]
-    if missing:
-        raise ParamsError(f"params: missing key(s) {', '.join(f'{section}.{k}' for k in missing)}")
-    values = {**{k: spec.default for k, spec in schema.items() if spec.optional}, **values}
+    values = {**DEFAULTS[section], **values}
     for name, spec in schema.items():
         _check_key(section, name, spec, values[name])
     CROSS_CHECKS.get(section, lambda v: None)(values)

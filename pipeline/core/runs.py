@@ -24,7 +24,7 @@ def relocate(section: str, values: dict, base_dir: Path, start: Path, inside: bo
     keep paths relative, so they land in the point's folder, and may not escape the params folder."""
     out = dict(values)
     for key, spec in SCHEMA[section].items():
-        if is_path(spec, out[key]) and (inside or not os.path.isabs(out[key])):  # absolute: the same from anywhere
+        if key in out and is_path(spec, out[key]) and (inside or not os.path.isabs(out[key])):  # absolute: the same anywhere
             out[key] = as_written(spec, os.path.relpath(os.path.normpath(base_dir / out[key]), start))
             if inside and out[key].startswith(".."):
                 raise ParamsError(f"params: {section}.{key} = {values[key]!r} lies outside the params file's folder, "

@@ -1,10 +1,14 @@
 """The params.yaml schema as data: section -> key -> Key (type, range, choices, a check, whether it
-is a path). Validation and loading live in pipeline.core.params; every check here returns an error
+is a path), and every key's default (DEFAULTS, from defaults.yaml beside this file, where each key is
+commented). Validation and loading live in pipeline.core.params; every check here returns an error
 string or None, so the message can name the key."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from pipeline.core.models import MODEL_STAGES
 from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, TARGETS
@@ -24,8 +28,6 @@ class Key:
     item: type | None = None         # element type for lists
     check: object = None             # callable(value) -> error string or None
     path: bool | str = False         # relative to the params file's directory; "local": see params.is_path
-    default: object = None           # the value a params file that leaves the key out gets (with optional=True)
-    optional: bool = False           # False: every params file must set it
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
@@ -216,9 +218,9 @@ SCHEMA = {
         # A speed target: kasp times candidate shapes on this CPU and slims the student (layers, heads, FFN)
         # to reach it with the most weights kept (pipeline.training.plan); the ratio is the student's over
         # the teacher's on speed_backend, throughput at deploy.shape and p50 at [1, deploy.latency_tokens].
-        "speedup": Key(float, lo=1, nullable=True, optional=True),
-        "latency_speedup": Key(float, lo=1, nullable=True, optional=True),
-        "speed_backend": Key(str, choices=("ov-int8", "ort-int8"), optional=True, default="ov-int8"),
+        "speedup": Key(float, lo=1, nullable=True),
+        "latency_speedup": Key(float, lo=1, nullable=True),
+        "speed_backend": Key(str, choices=("ov-int8", "ort-int8")),
         **TRAIN,
     },
     "export": {
@@ -301,7 +303,7 @@ SCHEMA = {
         "reuse": Key(str, choices=("verified", "params")),
         # true: after every run has trained, each run's student and the teacher go through export, compile
         # and bench in its folder, and seeds.json records the student's speed-up over the teacher
-        "bench": Key(bool, optional=True, default=False),
+        "bench": Key(bool),
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),
@@ -309,3 +311,6 @@ SCHEMA = {
         "shape": Key(list, item=int, check=_shape),
     },
 }
+
+# Every key's default, written once with its comment in defaults.yaml; a params file states what differs.
+DEFAULTS = yaml.safe_load((Path(__file__).with_name("defaults.yaml")).read_text())

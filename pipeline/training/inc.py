@@ -7,6 +7,7 @@ checkpoints and undoes its global side effects.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -107,6 +108,24 @@ def pruning_configs(model, p: dict, total_steps: int, structure: dict | None = N
     return [{"op_names": [".*encoder.*"], "pattern": p["pattern"], "target_sparsity": p["target_sparsity"], **common}]
 
 
+@contextlib.contextmanager
+def traceable(model):
+    """Accelerate's mixed precision replaces model.forward by an autocast wrapper. INC finds attention
+    heads by tracing the model with torch.jit and matching three Linear layers fed by one input, which
+    the wrapper's casts hide: under bf16 it found 0 of MiniLM's 6 attention blocks, and pruned no head.
+    Within the block the model has its plain forward (Accelerate keeps it as _original_forward)."""
+    inner = getattr(model, "module", model)  # the model inside a DDP wrapper
+    wrapped, plain = inner.__dict__.get("forward"), inner.__dict__.get("_original_forward")
+    if wrapped is None or plain is None:
+        yield
+        return
+    inner.forward = plain
+    try:
+        yield
+    finally:
+        inner.forward = wrapped
+
+
 class Pruner:
     """INC pruning attached to a model and optimizer, with checkpointable state."""
 
@@ -123,8 +142,14 @@ class Pruner:
         orig_save = torch.save
         configs = pruning_configs(model, p, total_steps, structure)
         self.model, self.optimizer = model, optimizer
-        self.pruning = prepare_pruning(model, WeightPruningConfig(configs), optimizer=optimizer)
+        with traceable(model):
+            self.pruning = prepare_pruning(model, WeightPruningConfig(configs), optimizer=optimizer)
         torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide
+        blind = [i for i, pr in enumerate(self.pruning.pruners) if getattr(pr, "mha_modules", None) == []]
+        if blind:  # INC only warns; a head target would then go unmet after the whole run
+            raise RuntimeError(f"INC's attention-head pruner found no attention blocks to prune in "
+                               f"{type(model).__name__} (pruners {blind}): head pruning needs a BERT-style "
+                               "self-attention with query, key and value Linear layers on one input")
         self.pruning.on_train_begin()
         self.end_step = step_range(p, total_steps)[1]
         if on_update is not None:

@@ -51,15 +51,22 @@ def apply(name: str, params_path: str = "params.yaml") -> list[str]:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; allowed: {', '.join(RECIPES)}")
     path = Path(params_path)
-    lines, inside, changed = path.read_text().splitlines(), False, []
+    lines, inside, changed, end = path.read_text().splitlines(), False, [], None
+    want = {"recipe": name, **{k: _yaml(v) for k, v in RECIPES[name].items()}}
     for i, line in enumerate(lines):
         if re.match(r"^\S", line):
             inside = line.startswith("prune:")
         m = re.match(r"^(  )(\w+):(\s*)([^#\n]*?)(\s*#.*)?$", line) if inside else None
-        if m and (m.group(2) in RECIPES[name] or m.group(2) == "recipe"):
-            value = name if m.group(2) == "recipe" else _yaml(RECIPES[name][m.group(2)])
-            lines[i] = f"{m.group(1)}{m.group(2)}: {value}{m.group(5) or ''}"
+        if inside and line.strip():
+            end = i
+        if m and m.group(2) in want:
+            lines[i] = f"{m.group(1)}{m.group(2)}: {want[m.group(2)]}{m.group(5) or ''}"
             changed.append(m.group(2))
+    if end is None:
+        raise KeyError(f"{path} has no prune section to set recipe {name!r} in")
+    missing = [k for k in want if k not in changed]  # keys the file leaves to their defaults
+    lines[end + 1:end + 1] = [f"  {k}: {want[k]}" for k in missing]
+    changed += missing
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
