@@ -64,7 +64,10 @@ def expected_deps(cmd: str) -> set[str]:
     if module == "pipeline.sweep" and "--params-only" not in cmd:
         for stage in sweep_runs():
             mods |= closure(f"pipeline.{stage}")
-    return {str(module_file(m).relative_to(ROOT)) for m in mods}
+    files = {str(module_file(m).relative_to(ROOT)) for m in mods}
+    if "pipeline/core/schema.py" in files:  # the schema reads every key's default from this file
+        files.add("pipeline/core/defaults.yaml")
+    return files
 
 
 def dvc_stages():
@@ -77,7 +80,7 @@ def dvc_stages():
             wdir = ((ROOT / rel).parent / st.get("wdir", ".")).resolve()
             deps = [str((wdir / d).resolve().relative_to(ROOT)) for d in st.get("deps", []) if "${" not in d]
             # a whole package as a dep hides which modules the stage runs: list modules
-            listed = {d for d in deps if d.endswith(".py") or d in PACKAGES or d.split("/")[0] in PACKAGES}
+            listed = {d for d in deps if d.endswith((".py", "defaults.yaml")) or d in PACKAGES}
             yield f"{rel}:{name}", st["cmd"], listed
 
 
@@ -130,7 +133,7 @@ def rewrite(rel: str) -> None:
             want = []
         elif want is not None and not item:
             want = None
-        if not (item and want is not None and (item.group(2).endswith(".py") or item.group(2) in PACKAGES)):
+        if not (item and want is not None and (item.group(2).endswith((".py", "defaults.yaml")) or item.group(2) in PACKAGES)):
             out.append(line)
     path.write_text("\n".join(out) + "\n")
 
