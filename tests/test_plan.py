@@ -139,7 +139,7 @@ def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, m
     params, write = trained
     monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
     write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1)
-    params["prune"].update(speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="local", epochs=2)
+    params["prune"].update(speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="global", epochs=2)  # each layer to the plan all the same
     m = prune.main(write(params))
     plan_ = m["structure_plan"]
     assert plan_["targets"] == {"b4xs16": 1.6} and plan_["table"]["cached"]
@@ -201,11 +201,13 @@ def test_inc_finds_the_attention_heads_under_accelerates_mixed_precision(tiny_mo
     block through that wrapper (bf16 on MiniLM: 0 of 6), so heads went unpruned for a whole run."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from pipeline.core.models import load_classifier
     from pipeline.training import inc
 
     model = load_classifier(str(tiny_model_dir), 2, "single_label_classification", None)
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test's fp32 state would stay
     acc = Accelerator(mixed_precision="bf16", cpu=True)
     model, opt = acc.prepare(model, torch.optim.AdamW(model.parameters()))
     wrapped = model.forward
@@ -216,3 +218,4 @@ def test_inc_finds_the_attention_heads_under_accelerates_mixed_precision(tiny_mo
     assert max(found) == 2  # both layers' attention blocks
     assert model.forward == wrapped  # autocast is back for training
     pruner.detach()
+    AcceleratorState._reset_state(reset_partial_state=True)

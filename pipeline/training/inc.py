@@ -98,9 +98,9 @@ def pruning_configs(model, p: dict, total_steps: int, structure: dict | None = N
     common = {"pruning_type": p["pruning_type"], "pruning_scope": p["scope"], "start_step": start,
               "end_step": end, "pruning_frequency": freq, "sparsity_decay_type": p["decay"],
               "excluded_op_names": list(p["excluded"]), "max_sparsity_ratio_per_op": 0.99}
-    if structure is not None:
+    if structure is not None:  # every layer to the plan's shape: under global scope INC took all heads of a layer
         return parse_auto_slim_config(model, ffn2_sparsity=structure["ffn_sparsity"],
-                                      mha_sparsity=structure["mha_sparsity"], **common)
+                                      mha_sparsity=structure["mha_sparsity"], **{**common, "pruning_scope": "local"})
     if p["pattern"] == "channelx1":
         # FFN second Linear by input channel + whole attention heads: both can be sliced away afterwards.
         return parse_auto_slim_config(model, ffn2_sparsity=p["target_sparsity"], mha_sparsity=p["target_sparsity"],
