@@ -152,8 +152,8 @@ def main(params_path: str = "params.yaml") -> dict:
                                    "results": results, "crosscheck": checks,
                                    "unstable_cells": sum(bool(r.get("unstable")) for r in results),
                                    "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path),
-                         ("speedup_vs_teacher_x", "speedup_vs_torch_fp32_teacher_x", "cpu", "threads",
-                          "unstable_cells", "wall_time_s"))
+                         ("speedup_vs_teacher_x", "speedup_vs_torch_fp32_teacher_x", "threads", "unstable_cells",
+                          "wall_time_s"))
 
 
 if __name__ == "__main__":

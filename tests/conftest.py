@@ -23,6 +23,18 @@ DEMO = ROOT / "data" / "demo"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
+# `pytest -m "not slow"` leaves out what trains several models or runs the whole tiny pipeline (each of these
+# took 4-60 s on 2 cores); CI runs everything.
+SLOW_MODULES = {"test_ddp", "test_resume", "test_seeds"}
+SLOW_FIXTURES = {"built"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 def demo_rows(split: str, n: int) -> list[str]:
     return (DEMO / f"{split}.tsv").read_text().splitlines()[1:n + 1]
 
