@@ -148,12 +148,13 @@ def keep_layers(n_student: int, n_teacher: int) -> list[int]:
 
 def structure(best: dict, base: dict, layers: list[int] | None = None) -> dict:
     """What prune does to reach a searched shape: which pre-trained layers it keeps, and INC's head and
-    FFN-channel targets. INC rounds the pruned head count down from a target that lands a hair under
-    k/n, so the head target sits just above it."""
+    FFN-channel targets. INC rounds the pruned head and channel counts down from a target that lands a
+    hair under k/n, and slimming rounds kept channels up to a multiple of 32 (FFN 256 shipped as 288 on
+    MiniLM), so both targets sit just above the plan's."""
     heads_cut = (base["heads"] - best["heads"]) / base["heads"]
     return {**best, "keep_layers": layers or keep_layers(best["layers"], base["layers"]),
             "mha_sparsity": round(heads_cut + 1e-4, 6) if heads_cut else 0.0,
-            "ffn_sparsity": round(1 - best["ffn"] / base["ffn"], 6)}
+            "ffn_sparsity": round(1 - best["ffn"] / base["ffn"] + 1e-4, 6) if best["ffn"] < base["ffn"] else 0.0}
 
 
 def check_reached(shapes: list[dict], want: dict, round_multiplier: int = 32) -> str | None:
