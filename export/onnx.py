@@ -60,10 +60,13 @@ def export(model, out_dir: Path, exporter: str, opset: int) -> Path:
 
 def parity(model, path: Path, ds, batch_sizes, examples: int, threads: int = 1) -> dict:
     """Max |logits_torch - logits_onnx| per batch size over the first `examples` dev rows."""
-    from deploy.ort import make_session
+    import onnxruntime as ort
+
     from pipeline.core.tokens import feeds
 
-    sess, _ = make_session(path, ["cpu"], threads=threads)
+    opts = ort.SessionOptions()  # the CPU provider alone: parity is about the graph, not a deploy target
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     model.eval()
     out = {}

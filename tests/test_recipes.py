@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from pipeline.core import presets
 from pipeline.core.tasks import baseline_scores, compute_metrics, teacher_quality
 from pipeline.training import inc, recipes
 from pipeline.training.distill import attention_loss, attention_scores, distill_loss, hidden_loss
@@ -160,12 +161,12 @@ def test_a_preset_names_the_keys_that_disagree_and_apply_writes_them(tmp_path):
     changed = recipes.apply("sparsebert", str(path))
     assert "recipe" in changed and "attention_mse" in changed
     p = load_section("prune", path)
-    assert recipes.mismatches(p) == {} and p["attention_mse"] == 1.0 and p["alpha_ce"] == 0.0
+    assert presets.mismatches(p) == {} and p["attention_mse"] == 1.0 and p["alpha_ce"] == 0.0
     assert "# pre-softmax attention-score MSE" in path.read_text()  # comments kept
     path.write_text((root / "params.yaml").read_text())  # the repository's: most keys left to their defaults
     changed = recipes.apply("sparsebert", str(path))
     assert {"recipe", "pruning_type", "scope"} <= set(changed)
-    assert recipes.mismatches(load_section("prune", path)) == {}
+    assert presets.mismatches(load_section("prune", path)) == {}
 
 
 def test_movement_and_the_sparsebert_loss_reach_the_target_through_inc(trained):

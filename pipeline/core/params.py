@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.core.schema import DEFAULTS, SCHEMA, Key
 from pipeline.core.tasks import GLUE, METRICS
-from pipeline.training.recipes import mismatches
+from pipeline.core.presets import mismatches
 
 
 class ParamsError(ValueError):

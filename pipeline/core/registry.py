@@ -41,3 +41,6 @@ TARGETS = {t: next(b for b in REGISTRY if b.target == t) for t in TARGET_ORDER}
 # prune.pruning_type -> where it comes from: INC's own criteria, or kasp's, registered into INC by
 # pipeline.training.inc before pruning starts (adding one: an entry here and its registration there)
 CRITERIA = {"magnitude": "inc", "snip_momentum": "inc", "snip": "inc", "gradient": "inc", "movement": "kasp"}
+
+# prune.lr_schedule / teacher: how the learning rate moves (pipeline.training.schedule implements each)
+LR_SCHEDULES = ("linear", "constant_then_decay", "rewind")

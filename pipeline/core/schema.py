@@ -11,10 +11,9 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.models import MODEL_STAGES
-from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, TARGETS
+from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, LR_SCHEDULES, TARGETS
 from pipeline.core.tasks import normalize_task
-from pipeline.training.recipes import RECIPES
-from pipeline.training.schedule import LR_SCHEDULES
+from pipeline.core.presets import RECIPES
 
 
 @dataclass(frozen=True)

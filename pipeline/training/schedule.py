@@ -7,7 +7,8 @@ MRPC's 115 steps an epoch as on SST-2's 2,000.
 """
 from __future__ import annotations
 
-LR_SCHEDULES = ("linear", "constant_then_decay", "rewind")
+from pipeline.core.registry import LR_SCHEDULES  # declared with the other registries
+
 REWIND_FLOOR = 0.1  # oBERT's cycles run 5e-5 -> 5e-6: each ends at a tenth of where it started
 
 
