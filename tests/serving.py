@@ -36,6 +36,12 @@ def build_text_bundle(model_dir: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def text_bundle(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny bundle; KASP_SERVE_BUNDLE=bundles/student serves a real string-in single-sentence bundle instead
+    (the load test's figures for a real model: pytest -s tests/test_server_conformance.py -k 1000)."""
+    import os
+
+    if real := os.environ.get("KASP_SERVE_BUNDLE"):
+        return Path(real).resolve()
     return build_text_bundle(tiny_model_dir, tmp_path_factory.mktemp("text_bundle"))
 
 
