@@ -119,14 +119,36 @@ def test_the_table_is_cached_per_cpu_runtime_and_threads(tmp_path, monkeypatch, 
     assert again["key"]["cpu"] and again["key"]["runtime"].startswith("openvino==")
 
 
-def write_fixture_table(cache: Path, config, shapes, threads: int) -> dict:
+def write_fixture_table(cache: Path, config, shapes, threads: int, monkeypatch) -> dict:
+    """A table timed by an exact linear model, and the planned structure's own timing from the same model
+    (no timing in tests)."""
     base = latency.base_shape(config)
     costs = {f"b{b}xs{s}": (1.0, 0.5, 0.004, 0.1) for b, s in shapes}
     table = {**synthetic_table(base, costs), "key": latency.table_key(base, "ov-int8", shapes, threads)}
     path = cache / "latency" / f"ov-int8-{latency.key_digest(table['key'])}.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(table))
+    model = plan.cost_model(table)
+    monkeypatch.setattr(latency, "time_structure", lambda config, backend, shapes, threads, layers:
+                        {s: model.predict(s, layers) for s in model.fixed})
     return table
+
+
+def test_a_planned_structure_is_timed_and_a_miss_corrects_the_plan():
+    """The grid predicted a 1-head MiniLM student 13-19% too fast (bench, AMX Xeon): the chosen structure
+    is timed itself, and when it misses, the model is corrected by measured / predicted and searched again."""
+    model = plan.cost_model(synthetic_table(MINILM, AMX))
+    full = {s: model.predict(s, model.teacher_layers()) for s in model.fixed}
+    slow = lambda layers: {s: 1.2 * model.predict(s, layers) for s in model.fixed}  # noqa: E731
+    targets = {"b32xs128": 3.0, "b1xs32": 2.0}
+    got = plan.verified_search(model, targets, None, slow, full)
+    assert len(got["verified"]) == 2 and got["verified"][0]["measured_speedup"]["b1xs32"] < 2.0
+    assert all(got["verified"][-1]["measured_speedup"][s] >= t for s, t in targets.items())
+    assert plan.kept_weights(MINILM, [{"heads": got["heads"], "ffn": got["ffn"]}] * got["layers"]) < \
+        plan.search(model, targets)["kept_weights"] or got["layers"] < plan.search(model, targets)["layers"]
+    never = lambda layers: dict(full)  # noqa: E731  (every structure as slow as the full model)
+    with pytest.raises(plan.PlanError, match=r"no structure (met the speed targets|reaches the speed-up)"):
+        plan.verified_search(model, {"b32xs128": 3.0}, None, never, full)
 
 
 def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, monkeypatch, tiny_model_dir):
@@ -138,7 +160,8 @@ def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, m
 
     params, write = trained
     monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
-    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1)
+    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1,
+                        monkeypatch)
     params["prune"].update(speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="global", epochs=2)  # each layer to the plan all the same
     m = prune.main(write(params))
     plan_ = m["structure_plan"]
@@ -158,7 +181,8 @@ def test_prune_refuses_an_unreachable_target_before_training(trained, tmp_path, 
 
     params, write = trained
     monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
-    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1)
+    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1,
+                        monkeypatch)
     params["prune"].update(speedup=20.0, target_sparsity=0.0)
     with pytest.raises(plan.PlanError, match="no structure reaches"):
         prune.main(write(params))
@@ -219,3 +243,21 @@ def test_inc_finds_the_attention_heads_under_accelerates_mixed_precision(tiny_mo
     assert model.forward == wrapped  # autocast is back for training
     pruner.detach()
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_structure_is_timed_once_then_read_from_the_cache(tmp_path, monkeypatch, tiny_model_dir):
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path))
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    layers = [{"heads": 2, "ffn": 128}]
+    ms = latency.time_structure(config, "ov-int8", [[2, 8]], 1, layers)
+    assert set(ms) == {"b2xs8"} and ms["b2xs8"] > 0
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(latency._Compiled, "build", no_build)
+    assert latency.time_structure(config, "ov-int8", [[2, 8]], 1, layers) == ms
+    with pytest.raises(AssertionError, match="timed again"):  # another structure is not in the cache
+        latency.time_structure(config, "ov-int8", [[2, 8]], 1, [{"heads": 1, "ffn": 128}])

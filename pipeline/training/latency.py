@@ -171,3 +171,25 @@ def load_or_measure(config, backend: str, shapes: list[list[int]], threads: int,
     write_json(tmp, table)
     tmp.replace(path)
     return {**table, "cached": None}
+
+
+def time_structure(config, backend: str, shapes: list[list[int]], threads: int, layers: list[dict]) -> dict:
+    """One structure timed as the table times its models ({shape name: ms}), cached beside the tables."""
+    import torch
+
+    from eval.harness import synthetic_feed
+
+    key = {**table_key(base_shape(config), backend, shapes, threads), "layers": layers}
+    path = cache_dir() / f"{backend}-{key_digest(key)}-structure.json"
+    if path.is_file() and json.loads(path.read_text()).get("key") == key:
+        return json.loads(path.read_text())["ms"]
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as work:
+        run = _Compiled(backend, threads, Path(work) / "m").build(config, layers, config.vocab_size)
+        feeds = {f"b{b}xs{s}": synthetic_feed(b, s, config.vocab_size, 0) for b, s in shapes}
+        ms = time_all([run], feeds, progress=lambda *_: None)[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    write_json(tmp, {"key": key, "ms": ms})
+    tmp.replace(path)
+    return ms
