@@ -74,6 +74,7 @@ def headline(rows: list[dict], deploy: dict) -> dict:
     def num(v):
         return None if v in (None, NA) else round(v, 4)
 
-    return {"student_vs_teacher_x": num(x.get("throughput_x")),
-            "student_vs_teacher_x_latency_shape": num(x.get("latency_x")),
-            "student_vs_teacher_gzip_fraction": num(x.get("gzip_fraction"))}
+    out = {"student_vs_teacher_x": num(x.get("throughput_x")),
+           "student_vs_teacher_x_latency_shape": num(x.get("latency_x")),
+           "student_vs_teacher_gzip_fraction": num(x.get("gzip_fraction"))}
+    return {k: v for k, v in out.items() if v is not None}  # a figure bench did not time is left out, not null
