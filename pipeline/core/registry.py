@@ -44,3 +44,6 @@ CRITERIA = {"magnitude": "inc", "snip_momentum": "inc", "snip": "inc", "gradient
 
 # prune.lr_schedule / teacher: how the learning rate moves (pipeline.training.schedule implements each)
 LR_SCHEDULES = ("linear", "constant_then_decay", "rewind")
+
+# prune.speed_backend: the runtimes a latency table can time, and the package whose version keys the table
+SPEED_BACKENDS = {"ov-int8": "openvino", "ort-int8": "onnxruntime"}

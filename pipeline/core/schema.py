@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.models import MODEL_STAGES
-from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, LR_SCHEDULES, TARGETS
+from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, LR_SCHEDULES, SPEED_BACKENDS, TARGETS
 from pipeline.core.tasks import normalize_task
 from pipeline.core.presets import RECIPES
 
@@ -219,7 +219,7 @@ SCHEMA = {
         # the teacher's on speed_backend, throughput at deploy.shape and p50 at [1, deploy.latency_tokens].
         "speedup": Key(float, lo=1, nullable=True),
         "latency_speedup": Key(float, lo=1, nullable=True),
-        "speed_backend": Key(str, choices=("ov-int8", "ort-int8")),
+        "speed_backend": Key(str, choices=tuple(SPEED_BACKENDS)),
         **TRAIN,
     },
     "export": {

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.core.common import cpu_info, write_json
+from pipeline.core.registry import SPEED_BACKENDS as RUNTIMES
 
-RUNTIMES = {"ov-int8": "openvino", "ort-int8": "onnxruntime"}  # backend -> the package whose version keys the table
 GRID_LAYERS = 3
 ROUNDS = 3
 
@@ -166,11 +166,16 @@ def load_or_measure(config, backend: str, shapes: list[list[int]], threads: int,
     progress(f"[latency] no table for {key['cpu']} / {key['runtime']} / {backend} at {shapes}: timing "
              f"{len(plan_rows(key['base']))} random-weight models (cached in {path})")
     table = measure(config, backend, shapes, threads, progress)
+    _cache(path, table)
+    return {**table, "cached": None}
+
+
+def _cache(path: Path, record: dict) -> None:
+    """Write a cache file whole or not at all (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    write_json(tmp, table)
+    write_json(tmp, record)
     tmp.replace(path)
-    return {**table, "cached": None}
 
 
 def time_structure(config, backend: str, shapes: list[list[int]], threads: int, layers: list[dict]) -> dict:
@@ -188,8 +193,5 @@ def time_structure(config, backend: str, shapes: list[list[int]], threads: int, 
         run = _Compiled(backend, threads, Path(work) / "m").build(config, layers, config.vocab_size)
         feeds = {f"b{b}xs{s}": synthetic_feed(b, s, config.vocab_size, 0) for b, s in shapes}
         ms = time_all([run], feeds, progress=lambda *_: None)[0]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    write_json(tmp, {"key": key, "ms": ms})
-    tmp.replace(path)
+    _cache(path, {"key": key, "ms": ms})
     return ms

@@ -14,7 +14,7 @@ with a wide FFN distils well, though it keeps more weights.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -168,9 +168,7 @@ def verified_search(model: CostModel, targets: dict, counts, time_fn, full_ms: d
                       "predicted_speedup": best["predicted_speedup"], "measured_speedup": measured})
         if all(measured[s] >= t for s, t in targets.items()):
             return {**best, "verified": tried}
-        base_model = CostModel(model.base, model.fixed, model.heads, model.ffns, model.layer)
-        model = CostModel(model.base, model.fixed, model.heads, model.ffns, model.layer,
-                          {s: ms[s] / base_model.predict(s, layers) for s in targets})
+        model = replace(model, correction={s: ms[s] / model.predict(s, layers) for s in targets})
     raise PlanError(f"no structure met the speed targets {targets} when timed after {tries} tries: {tried}; "
                     "lower prune.speedup / prune.latency_speedup")
 
