@@ -18,14 +18,14 @@ from pathlib import Path
 from pipeline.core.common import Timer, atomic_dir, read_json, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
-from pipeline.training import device
+from pipeline.training import device, scale
 from pipeline.training.augment import training_rows
 from pipeline.training.posthoc import TailAverage, apply_average, apply_calibration, held_out
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
 HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
-            "encoder_remaining_weights", "model_remaining_weights", "selected_epoch", "train_time_s", "wall_time_s")
+            "encoder_remaining_weights", "model_remaining_weights", "selected_epoch", "epochs", "train_time_s", "wall_time_s")
 
 
 def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
@@ -106,6 +106,7 @@ def main(params_path: str = "params.yaml") -> dict:
     train, held, select_on, selection = held_out(p, meta, train)
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
+    p, recipe = scale.student(p, len(rows), structured=bool(planned))
     teacher = load_trained(teacher_dir).eval().requires_grad_(False).to(acc.device)
     student = st.build_student(p, meta, teacher_dir, teacher, planned and planned["keep_layers"])
     st.check_pattern(student, p)
@@ -141,7 +142,7 @@ def main(params_path: str = "params.yaml") -> dict:
         **scores, **{f"delta_{k}": round(v - teacher_scores[k], 6) for k, v in scores.items()},
         **{f"baseline_{k}": v for k, v in baseline.items()}, "teacher": teacher_scores, "teacher_quality": quality,
         "target_sparsity": p["target_sparsity"], "pattern": p["pattern"], "recipe": p["recipe"], **selection,
-        "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
+        "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]), "epochs": p["epochs"], "recipe": recipe,
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
         "structure_plan": planned and {k: v for k, v in planned.items() if k != "cost_model"},
         "structure_reached": speed, "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),

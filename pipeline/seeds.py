@@ -73,7 +73,7 @@ def run_record(m: dict, seed: int, rdoc: dict, verified: bool) -> dict:
     is the base run's data unless the run distilled on rows of its own (max_train_samples null: all)."""
     rows = {k: rdoc["data"][k] for k in STUDENT_DATA} if owns_data(rdoc) else "base"
     return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
-            "epochs": rdoc["prune"]["epochs"], "steps": m["steps"], "train_rows": rows,
+            "epochs": m.get("epochs", rdoc["prune"]["epochs"]), "steps": m["steps"], "train_rows": rows,
             **{k: m[k] for k in KEYS if k in m}, **paired(m, "tail_average", "last_step_scores", "last_step"),
             **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"), "selection": m["selection"],
             "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],

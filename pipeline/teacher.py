@@ -17,7 +17,7 @@ from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import SCORES
 
 # metrics/teacher.json; the rest goes to metrics/details/teacher.json
-HEADLINE = (*SCORES, "baseline_score", "margin_over_baseline", "beats_baseline", "selected_epoch", "train_time_s",
+HEADLINE = (*SCORES, "baseline_score", "margin_over_baseline", "beats_baseline", "selected_epoch", "epochs", "train_time_s",
             "wall_time_s")
 
 
@@ -37,11 +37,13 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.core.tasks import QUALITY, baseline_scores, teacher_quality
     from pipeline.core.tokens import load_inputs
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
+    from pipeline.training import scale
     from pipeline.training.loop import TRAIN_KEYS, evaluate, fit, selection_sets
 
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
     model = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"], meta["labels"])
+    p, recipe = scale.teacher(p, len(train), model.config.hidden_size)
     fp = run_fingerprint("teacher", p, data_dir)
     with Timer() as t:
         result = fit(model, train, dev, meta, p, task_loss, stage="teacher", fp=fp, select_on=select_on,
@@ -62,8 +64,8 @@ def main(params_path: str = "params.yaml") -> dict:
     best = result["best"] or {}
     metrics = write_metrics("teacher", {
         **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,
-        "selected_epoch": best.get("epoch", p["epochs"]),
-        **{k: result[k] for k in TRAIN_KEYS}, "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
+        "selected_epoch": best.get("epoch", p["epochs"]), "epochs": p["epochs"],
+        "recipe": recipe, **{k: result[k] for k in TRAIN_KEYS}, "wall_time_s": round(t.seconds, 2), "params": sum(x.numel() for x in model.parameters())}, threads,
         metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics

@@ -143,7 +143,9 @@ PROVIDERS = ("cpu", "cuda", "tensorrt")  # onnxruntime execution providers, shor
 MODELS = tuple(MODEL_STAGES)  # the deployable models
 
 TRAIN = {
-    "epochs": Key(int, lo=1),
+    "epochs": Key(int, lo=1, nullable=True),  # null: the fewest reaching min_steps (pipeline.training.scale)
+    "min_steps": Key(int, lo=1),               # optimizer steps an epochs: null run reaches
+    "max_epochs": Key(int, lo=1),              # the most epochs an epochs: null run takes
     "batch_size": Key(int, lo=1),
     "eval_batch_size": Key(int, lo=1),
     "learning_rate": Key(float, lo=0, hi=1, hi_open=True),
@@ -183,7 +185,9 @@ SCHEMA = {
         "seed": Key(int, lo=0),
         "out_dir": Key(str, path=True),
     },
-    "teacher": {"out_dir": Key(str, path=True), "min_margin": Key(float, lo=0, hi=1), **TRAIN},
+    "teacher": {"out_dir": Key(str, path=True), "min_margin": Key(float, lo=0, hi=1), **TRAIN,
+                # null: by the model's width (pipeline.training.scale.teacher_lr)
+                "learning_rate": Key(float, lo=0, hi=1, hi_open=True, nullable=True)},
     "prune": {
         "out_dir": Key(str, path=True),
         "init": Key(str, choices=("pretrained", "teacher")),
@@ -212,7 +216,7 @@ SCHEMA = {
         "teacher_cache_mb": Key(int, lo=0),
         "augment_copies": Key(int, lo=0),            # perturbed copies of train to distil on (0 = none)
         "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
-        "average_tail": Key(bool),                   # ship the mean of the tail's weights (pipeline.training.posthoc)
+        "average_tail": Key(bool, nullable=True),    # null: on for sparsity, off for slimmed structures; ship the mean of the tail's weights (pipeline.training.posthoc)
         "calibrate": Key(str, choices=("none", "train_split")),  # shift the positive logit, fitted on held-out train rows
         # A speed target: kasp times candidate shapes on this CPU and slims the student (layers, heads, FFN)
         # to reach it with the most weights kept (pipeline.training.plan); the ratio is the student's over

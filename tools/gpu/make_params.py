@@ -14,7 +14,7 @@ epochs_scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0   # local dry ru
 max_train = int(sys.argv[3]) if len(sys.argv) > 3 else None
 base = {k: copy.deepcopy(profile[k]) for k in ("data", "teacher", "prune", "seeds")}
 base["data"].update(model="gpu/model", glue_dir="../glue", max_train_samples=max_train)
-base["teacher"].update(epochs=max(1, round(base["teacher"]["epochs"] * epochs_scale)))
+base["teacher"].update(epochs=max(1, round((base["teacher"]["epochs"] or 3) * epochs_scale)))
 base["prune"].update(teacher_cache_mb=0, checkpoint_every_steps=100000, threads=1, allow_weak_teacher=epochs_scale < 1)
 ROWS = {  # name: (target, prune keys)
     "s90": (0.9, {"epochs": 12}),
