@@ -143,12 +143,16 @@ def test_glue_source_needs_task(project):
         load_section("data", write(params))
 
 
-def test_missing_file_and_section(tmp_path):
+def test_missing_file_and_a_section_left_out_takes_the_defaults(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_section("data", tmp_path / "nope.yaml")
     (tmp_path / "p.yaml").write_text("data: {}\n")
-    with pytest.raises(ParamsError, match="section 'prune' missing"):
-        load_section("prune", tmp_path / "p.yaml")
+    prune = load_section("prune", tmp_path / "p.yaml")
+    assert prune["target_sparsity"] == DEFAULTS["prune"]["target_sparsity"]
+    assert prune["out_dir"] == str(tmp_path / DEFAULTS["prune"]["out_dir"])  # relative to the params file
+    (tmp_path / "p.yaml").write_text("- data\n")
+    with pytest.raises(ParamsError, match="must be a mapping of sections"):
+        load_section("data", tmp_path / "p.yaml")
 
 
 @pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/**/params.yaml")

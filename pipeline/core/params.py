@@ -168,9 +168,9 @@ def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"params: file {str(path)!r} not found")
     with path.open() as f:
         doc = yaml.safe_load(f) or {}
-    if section not in doc:
-        raise ParamsError(f"params: section {section!r} missing from {str(path)!r}")
-    values = validate(section, doc[section])
+    if not isinstance(doc, dict):
+        raise ParamsError(f"params: {str(path)!r} must be a mapping of sections, got {type(doc).__name__}")
+    values = validate(section, doc.get(section) or {})  # a section left out takes every default
     # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
     # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
     for name, spec in SCHEMA[section].items():
