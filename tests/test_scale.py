@@ -1,0 +1,99 @@
+"""The default recipe scaled by the data (pipeline.training.scale): a 2k-, an 8k- and a 67k-row task get
+about the same number of updates, in phases that land where the recipe says, and the teacher's recipe is
+chosen without the dev set."""
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.core.schema import DEFAULTS
+from pipeline.training import scale
+from pipeline.training.schedule import step_range
+
+STUDENT = {**DEFAULTS["prune"]}  # the defaults as a params file leaves them: epochs and average_tail null
+TEACHER = {**DEFAULTS["teacher"]}
+
+
+@pytest.mark.parametrize("rows, epochs, steps", [(2000, 24, 1512), (8000, 6, 1500), (67349, 1, 2105)])
+def test_student_steps_phases_and_tail_follow_the_train_rows(rows, epochs, steps):
+    p, rec = scale.student(STUDENT, rows, structured=False)
+    assert (p["epochs"], rec["steps"]) == (epochs, steps) and rec["derived"] == ["epochs", "average_tail"]
+    start, end, freq = step_range(p, rec["steps"])
+    # the ramp, in steps: its end lands on an update, up to one update gap per update early
+    assert start == int(0.125 * steps) and 0 <= 0.625 * steps - end <= p["mask_updates"] + 1
+    assert len(range(start, end + 1, freq)) == 41  # the first update and 40 more, however long the run
+    tail = steps - end - 1
+    assert 0.37 * steps <= tail <= 0.375 * steps + p["mask_updates"]  # the fixed-sparsity tail the average ships
+    assert p["average_tail"] is True
+
+
+@pytest.mark.parametrize("rows, epochs", [(2000, 10), (8000, 4), (67349, 2)])
+def test_teacher_epochs_reach_its_min_steps_within_the_floor_and_cap(rows, epochs):
+    p, rec = scale.teacher(TEACHER, rows, hidden_size=384)
+    assert p["epochs"] == epochs and rec["derived"] == ["epochs", "learning_rate"]
+    per_epoch = -(-rows // 32)
+    assert rec["steps"] == epochs * per_epoch
+    assert rec["steps"] >= 1000 or epochs == TEACHER["max_epochs"]  # 2k rows: 63 an epoch, capped at 10
+    assert (epochs - 1) * per_epoch < 1000 or epochs == scale.TEACHER_MIN_EPOCHS  # no more than needed
+
+
+def test_more_sparsity_gets_more_steps_and_a_set_key_is_kept():
+    assert scale.student_steps(1500, 0.5) == scale.student_steps(1500, 0.9) == 1500
+    assert scale.student_steps(1500, 0.95) == 2122  # x sqrt(2)
+    p, rec = scale.student({**STUDENT, "epochs": 3, "average_tail": False}, 3668, structured=False)
+    assert (p["epochs"], p["average_tail"], rec["derived"]) == (3, False, [])
+    p, _ = scale.teacher({**TEACHER, "epochs": 5, "learning_rate": 3e-5}, 3668, hidden_size=384)
+    assert (p["epochs"], p["learning_rate"]) == (5, 3e-5)
+
+
+def test_teacher_learning_rate_follows_the_width():
+    assert scale.teacher_lr(768) == 5e-5
+    assert scale.teacher_lr(384) == 7.1e-5
+    assert scale.teacher_lr(1024) == 4.3e-5
+    assert scale.teacher_lr(128) > scale.teacher_lr(384) > scale.teacher_lr(1024)
+
+
+@pytest.mark.parametrize("keys, structured, want", [
+    ({}, False, True),                                    # unstructured sparsity: the mean of the tail ships
+    ({"pattern": "4x1"}, False, True),
+    ({"pattern": "channelx1"}, False, False),             # slimmed heads and FFN channels
+    ({"target_sparsity": 0.0, "speedup": 3.0}, True, False),  # a planned structure
+    ({"target_sparsity": 0.0}, False, False),             # distillation alone: no tail to average
+    ({"end": 1.0}, False, False),                          # the ramp runs to the last step
+    ({"selection": "train_split"}, False, False),          # an epoch is selected instead
+])
+def test_tail_averaging_is_on_where_the_evidence_supports_it(keys, structured, want):
+    assert scale.tail_average({**STUDENT, **keys}, structured) is want
+
+
+def _weights(out: Path) -> str:
+    return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_the_adaptive_teacher_never_looks_at_dev(project, monkeypatch):
+    """With the defaults (epochs and learning rate derived, the best epoch chosen on a tenth of train), the
+    teacher that ships is the same whatever dev's labels are: dev feeds the curves and the report only."""
+    from pipeline import data, teacher
+    from pipeline.core import tokens
+
+    params, write = project
+    params["teacher"].update(epochs=None, learning_rate=None, min_steps=13, max_epochs=3, selection="train_split")
+    data.main(write(params))
+    first = teacher.main(write(params))
+    assert first["recipe"]["derived"] == ["epochs", "learning_rate"] and first["epochs"] == 3  # 6 steps an epoch (86 rows)
+    assert first["recipe"]["learning_rate"] == scale.teacher_lr(128)  # the tiny model's width
+    shipped = _weights(Path(params["teacher"]["out_dir"]))
+
+    real = tokens.load_inputs
+
+    def flipped(path):
+        meta, train, dev = real(path)
+        dev.labels = (1 - dev.labels).astype(dev.labels.dtype)
+        return meta, train, dev
+
+    monkeypatch.setattr(tokens, "load_inputs", flipped)
+    second = teacher.main(write(params))
+    assert second["selected_epoch"] == first["selected_epoch"]
+    assert _weights(Path(params["teacher"]["out_dir"])) == shipped
+    assert np.isclose(second["accuracy"], 1 - first["accuracy"])  # dev did change, and was scored
