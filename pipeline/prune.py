@@ -38,8 +38,9 @@ def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
     if not q["beats_baseline"] and not allow_weak:
         raise PruneError(f"the teacher scores {q['score']:.4f} on dev against {q['baseline_score']:.4f} for always "
                          f"answering the majority class (margin {q['margin_over_baseline']:+.4f}, below "
-                         f"teacher.min_margin {q['min_margin']}): a student would learn little from it. Train a "
-                         f"better teacher (more epochs, another learning rate) or set prune.allow_weak_teacher: true")
+                         f"teacher.min_margin {q['min_margin']}): a student would learn little from it. "
+                         f"{scale.weak_teacher_advice(q['recipe']) if 'recipe' in q else 'Train a better teacher.'} "
+                         "Or set prune.allow_weak_teacher: true")
     return q
 
 

@@ -52,7 +52,7 @@ def main(params_path: str = "params.yaml") -> dict:
             return device.finish(acc, result)
         scores = evaluate(model, dev, meta, p["eval_batch_size"])
         baseline = baseline_scores(train.labels, dev.labels, meta["metrics"], meta["problem_type"])
-        q = teacher_quality(scores, baseline, p["min_margin"])
+        q = {**teacher_quality(scores, baseline, p["min_margin"]), "recipe": recipe}
         with atomic_dir(p["out_dir"]) as out:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
             write_json(out / QUALITY, q)
@@ -60,7 +60,8 @@ def main(params_path: str = "params.yaml") -> dict:
     if not q["beats_baseline"]:
         print(f"[teacher] WEAK TEACHER: dev score {q['score']:.4f} against {q['baseline_score']:.4f} for always "
               f"answering the majority class (margin {q['margin_over_baseline']:+.4f} < teacher.min_margin "
-              f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true", file=sys.stderr)
+              f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true.",
+              scale.weak_teacher_advice(recipe), file=sys.stderr)
     best = result["best"] or {}
     metrics = write_metrics("teacher", {
         **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,

@@ -141,6 +141,11 @@ def test_weak_teacher_is_refused_with_its_figures(tmp_path):
     with pytest.raises(PruneError, match=r"scores 0.5420 on dev against 0.5270 .*margin \+0.0150.*allow_weak_teacher"):
         check_teacher(tmp_path, allow_weak=False)
     assert check_teacher(tmp_path, allow_weak=True) == q
+    recipe = {"epochs": 3, "steps": 234, "train_rows": 2490, "learning_rate": 5e-5}  # what to try names its keys
+    (tmp_path / "quality.json").write_text(json.dumps({**q, "recipe": recipe}))
+    with pytest.raises(PruneError, match=r"trained 3 epochs \(234 steps on 2490 rows\) at learning rate 5e-05\. "
+                                         r"Try more steps \(teacher.min_steps.*teacher.learning_rate"):
+        check_teacher(tmp_path, allow_weak=False)
     (tmp_path / "quality.json").unlink()
     with pytest.raises(PruneError, match="quality.json is missing"):
         check_teacher(tmp_path, allow_weak=False)

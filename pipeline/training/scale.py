@@ -74,3 +74,11 @@ def student(p: dict, rows: int, structured: bool) -> tuple[dict, dict]:
               "step_budget": budget, "average_tail": tail,
               "derived": [k for k in ("epochs", "average_tail") if p[k] is None]}
     return {**p, "epochs": epochs, "average_tail": tail}, record
+
+
+def weak_teacher_advice(recipe: dict) -> str:
+    """The advice a weak teacher's message gives, from the recipe it trained with."""
+    return (f"It trained {recipe['epochs']} epochs ({recipe['steps']} steps on {recipe['train_rows']} rows) at "
+            f"learning rate {recipe['learning_rate']:g}. Try more steps (teacher.min_steps, or teacher.epochs up "
+            f"to teacher.max_epochs), a lower learning rate (teacher.learning_rate), or selection: train_split "
+            f"to ship its best epoch; a task this small or hard may also need a larger base model (data.model).")
