@@ -97,3 +97,32 @@ def test_the_adaptive_teacher_never_looks_at_dev(project, monkeypatch):
     assert second["selected_epoch"] == first["selected_epoch"]
     assert _weights(Path(params["teacher"]["out_dir"])) == shipped
     assert np.isclose(second["accuracy"], 1 - first["accuracy"])  # dev did change, and was scored
+
+
+def test_a_learning_rate_search_keeps_the_best_on_the_train_split(project):
+    """Each rate trains a teacher from the same start; the one whose best epoch scored highest on the split
+    carved from train ships, and every trial is recorded. The winner is the teacher a plain run at its rate
+    would have trained."""
+    from pipeline import data, teacher
+
+    params, write = project
+    params["teacher"].update(epochs=2, selection="train_split", search_learning_rates=[1e-4, 3e-3])
+    data.main(write(params))
+    m = teacher.main(write(params))
+    trials = m["recipe"]["trials"]
+    assert [t["learning_rate"] for t in trials] == [1e-4, 3e-3]
+    best = max(trials, key=lambda t: t["held_out_score"])
+    assert m["recipe"]["learning_rate"] == best["learning_rate"] and m["selected_epoch"] == best["selected_epoch"]
+    shipped = _weights(Path(params["teacher"]["out_dir"]))
+    params["teacher"].update(search_learning_rates=None, learning_rate=best["learning_rate"])
+    teacher.main(write(params))
+    assert _weights(Path(params["teacher"]["out_dir"])) == shipped
+
+
+def test_a_search_without_a_train_split_is_refused():
+    from pipeline.core.params import ParamsError, validate
+
+    with pytest.raises(ParamsError, match="teacher.search_learning_rates .* needs teacher.selection: train_split"):
+        validate("teacher", {"search_learning_rates": [3e-5, 7e-5], "selection": "last"})
+    with pytest.raises(ParamsError, match="distinct learning rates"):
+        validate("teacher", {"search_learning_rates": [3e-5, 3e-5]})

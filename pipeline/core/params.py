@@ -143,7 +143,14 @@ def _check_seeds(v: dict) -> None:
                           f"(in percent: {sorted(listed)})")
 
 
-CROSS_CHECKS = {"data": _check_data, "prune": _check_prune, "seeds": _check_seeds}
+def _check_teacher(v: dict) -> None:
+    if v["search_learning_rates"] and v["selection"] != "train_split":
+        raise ParamsError(f"params: teacher.search_learning_rates = {v['search_learning_rates']} needs "
+                          f"teacher.selection: train_split (is {v['selection']!r}): the rates are compared on a "
+                          "split of train, never on dev")
+
+
+CROSS_CHECKS = {"data": _check_data, "teacher": _check_teacher, "prune": _check_prune, "seeds": _check_seeds}
 
 
 LOCAL_PREFIXES = ("./", "../", "/")  # how a local folder is written where a hub id may also stand

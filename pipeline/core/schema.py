@@ -187,7 +187,10 @@ SCHEMA = {
     },
     "teacher": {"out_dir": Key(str, path=True), "min_margin": Key(float, lo=0, hi=1), **TRAIN,
                 # null: by the model's width (pipeline.training.scale.teacher_lr)
-                "learning_rate": Key(float, lo=0, hi=1, hi_open=True, nullable=True)},
+                "learning_rate": Key(float, lo=0, hi=1, hi_open=True, nullable=True),
+                # one teacher per rate, the best on the train split ships (pipeline.teacher.search)
+                "search_learning_rates": Key(list, item=float, nullable=True,
+                                             check=_distinct("learning rates in (0, 1)", lambda x: 0 < x < 1))},
     "prune": {
         "out_dir": Key(str, path=True),
         "init": Key(str, choices=("pretrained", "teacher")),

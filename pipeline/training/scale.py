@@ -80,5 +80,5 @@ def weak_teacher_advice(recipe: dict) -> str:
     """The advice a weak teacher's message gives, from the recipe it trained with."""
     return (f"It trained {recipe['epochs']} epochs ({recipe['steps']} steps on {recipe['train_rows']} rows) at "
             f"learning rate {recipe['learning_rate']:g}. Try more steps (teacher.min_steps, or teacher.epochs up "
-            f"to teacher.max_epochs), a lower learning rate (teacher.learning_rate), or selection: train_split "
-            f"to ship its best epoch; a task this small or hard may also need a larger base model (data.model).")
+            f"to teacher.max_epochs), a lower learning rate (teacher.learning_rate), or several, compared on a split "
+            f"of train (teacher.search_learning_rates: [3.0e-5, 7.0e-5]); a task this small or hard may also need a larger base model (data.model).")
