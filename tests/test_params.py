@@ -170,6 +170,16 @@ def test_repo_params_are_valid(path):
             assert load_section(section, ROOT / path)
 
 
+@pytest.mark.parametrize("path", PROFILES)
+def test_a_profile_states_only_what_differs_from_the_defaults(path):
+    """Issue 28: a profile or recipe is a diff. A key stated at its default (or a path the default already
+    reaches from that folder) hides what the recipe chose; leave it out. (The repository's params.yaml is
+    exempt: dvc.yaml interpolates the keys it states.)"""
+    from pipeline.core.params import redundant_keys
+
+    assert redundant_keys(ROOT / path) == []
+
+
 def test_redundant_keys_compare_resolved_values(tmp_path):
     from pipeline.core.params import redundant_keys
 
