@@ -22,7 +22,8 @@ import numpy as np
 import yaml
 
 from pipeline.core.common import Timer, details_path, read_json, sha256_file, write_metrics
-from pipeline.core.params import ParamsError, load_section, metrics_dir, percent, percent_key, upstream_dir, validate
+from pipeline.core.params import (ParamsError, load_section, metrics_dir, percent, percent_key, upstream_dir,
+                                  validate, validated)
 from pipeline.core.runs import relocate, run_stage, write_params
 from pipeline.core.schema import STUDENT_DATA
 from pipeline.core.tasks import SCORES
@@ -48,18 +49,18 @@ def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path
     """The params of one run: the base prune section with this target's overrides, this seed and
     target, writing in run_dir. An override's `data` keys give the run its own tokenized train rows
     (in run_dir/OWN_DATA); the teacher and the dev set stay the base run's."""
-    out = {s: relocate(s, validate(s, doc[s]), base_dir, run_dir) for s in SHARED}
-    prune = relocate("prune", validate("prune", doc["prune"]), base_dir, base_dir, inside=True)
-    extra = sparsity_overrides(doc["seeds"]["overrides"], sparsity)
+    out = {s: relocate(s, validated(doc, s), base_dir, run_dir) for s in SHARED}
+    prune = relocate("prune", validated(doc, "prune"), base_dir, base_dir, inside=True)
+    extra = sparsity_overrides(validated(doc, "seeds")["overrides"], sparsity)
     if data := extra.pop("data", None):
         try:
-            own = validate("data", {**doc["data"], **data})
+            own = validate("data", {**(doc.get("data") or {}), **data})
         except ParamsError as e:
             raise ParamsError(f"seeds.overrides[{percent(sparsity)!r}].data: {e}") from None
         out["data"] = {**relocate("data", own, base_dir, run_dir), "out_dir": OWN_DATA}
     out["prune"] = validate("prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False})
-    if "deploy" in doc:  # a speed target (prune.speedup) is met at deploy's shapes
-        out["deploy"] = relocate("deploy", validate("deploy", doc["deploy"]), base_dir, run_dir)
+    # a speed target (prune.speedup) is met at deploy's shapes: the base file's, stated or default
+    out["deploy"] = relocate("deploy", validated(doc, "deploy"), base_dir, run_dir)
     return out
 
 
@@ -172,8 +173,8 @@ def bench_doc(doc: dict, run_dir: Path, base_dir: Path) -> dict:
     """A run's params with export, compile and bench of the teacher and its student inside its folder:
     the INT8 backends a student ships on and the PyTorch FP32 baseline, at deploy.shape and at batch 1."""
     rdoc = yaml.safe_load((run_dir / "params.yaml").read_text())
-    d = validate("deploy", doc["deploy"])
-    sections = {s: relocate(s, validate(s, doc[s]), base_dir, base_dir, inside=True) for s in BENCH_STAGES}
+    d = validated(doc, "deploy")
+    sections = {s: relocate(s, validated(doc, s), base_dir, base_dir, inside=True) for s in BENCH_STAGES}
     sections["export"]["models"] = sections["compile"]["models"] = ["teacher", "student"]
     sections["bench"].update(models=["teacher", "student"], backends=BENCH_BACKENDS, crosscheck_shapes=[],
                              batch_sizes=sorted({d["shape"][0], 1}),
@@ -203,7 +204,7 @@ def bench_runs(doc: dict, runs: list[dict], p: dict, params_path: str) -> float:
     """export, compile and bench in every run's folder, one after another once all have trained, so no
     timing runs beside training; adds each run's speed record. Returns the stages' wall seconds."""
     base_dir, seconds = Path(params_path).parent, 0.0
-    deploy = validate("deploy", doc["deploy"])
+    deploy = validated(doc, "deploy")
     for r in runs:
         name = run_name(r["target_sparsity"], r["seed"])
         run_dir = Path(p["out_dir"]) / name

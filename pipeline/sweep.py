@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.common import details_path, read_json, write_metrics
-from pipeline.core.params import ParamsError, load_section, validate
+from pipeline.core.params import ParamsError, load_section, validate, validated
 from pipeline.core.runs import relocate, run_stage, write_params
 from pipeline.core.schema import SWEEP_STAGES as STAGES
 
@@ -46,13 +46,13 @@ def method(prune: dict) -> str:
 
 def point_doc(doc: dict, name: str, base_dir: Path, point_dir: Path) -> dict:
     """The full params document of one point, every section validated before anything runs."""
-    sweep = doc["sweep"]
+    sweep = validated(doc, "sweep")
     if name not in sweep["points"]:
         raise ParamsError(f"params: sweep.points has no point {name!r}; defined: {', '.join(sweep['points'])}")
-    raw, doc = doc, {s: validate(s, doc.get(s)) for s in (*SHARED, *STAGES)}  # the base first: its errors name its keys
+    doc = {s: validated(doc, s) for s in (*SHARED, *STAGES, "deploy")}  # the base first: its errors name it
     out = {s: relocate(s, doc[s], base_dir, point_dir) for s in SHARED}
-    if "deploy" in raw:  # a speed target is met at deploy's shapes (pipeline.training.plan)
-        out["deploy"] = relocate("deploy", validate("deploy", raw["deploy"]), base_dir, point_dir)
+    # a speed target is met at deploy's shapes (pipeline.training.plan): the base file's, stated or default
+    out["deploy"] = relocate("deploy", doc["deploy"], base_dir, point_dir)
     for section in STAGES:
         merged = {**relocate(section, doc[section], base_dir, base_dir, inside=True),
                   **sweep["overrides"].get(section, {})}

@@ -155,8 +155,11 @@ def test_missing_file_and_a_section_left_out_takes_the_defaults(tmp_path):
         load_section("data", tmp_path / "p.yaml")
 
 
-@pytest.mark.parametrize("path", ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/**/params.yaml")
-                                                   if not {"seeds", "sweep"} & set(p.parts))])  # run records
+PROFILES = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/**/params.yaml")
+                  if not {"seeds", "sweep"} & set(p.parts))  # not the generated run records
+
+
+@pytest.mark.parametrize("path", ["params.yaml", *PROFILES])
 def test_repo_params_are_valid(path):
     import yaml
 
@@ -165,6 +168,51 @@ def test_repo_params_are_valid(path):
         # folder holds the training sections only
         if section in present or ("/recipes/" not in path and section not in ("sweep", "sweep_report", "seeds")):
             assert load_section(section, ROOT / path)
+
+
+@pytest.mark.parametrize("path", PROFILES)
+def test_a_profile_states_only_what_differs_from_the_defaults(path):
+    """Issue 28: a profile or recipe is a diff. A key stated at its default (or a path the default already
+    reaches from that folder) hides what the recipe chose; leave it out. (The repository's params.yaml is
+    exempt: dvc.yaml interpolates the keys it states.)"""
+    from pipeline.core.params import redundant_keys
+
+    assert redundant_keys(ROOT / path) == []
+
+
+def test_redundant_keys_compare_resolved_values(tmp_path):
+    from pipeline.core.params import redundant_keys
+
+    (tmp_path / "p.yaml").write_text("data: {out_dir: ./data/tokenized, labels: null, max_length: 128, seed: 7}"
+                                     "\nteacher: {out_dir: ../models/teacher}\nprune:\n")
+    assert redundant_keys(tmp_path / "p.yaml") == ["data.out_dir", "data.max_length"]  # null is a value too
+
+
+@pytest.mark.parametrize("path", ["params.yaml", *PROFILES])
+def test_run_params_do_not_depend_on_which_defaults_a_file_states(path):
+    """A seed's run folder and a sweep point get the same generated params whether the base file states a
+    key at its default or leaves it (or its whole section) out: profiles can shrink without rerunning."""
+    import yaml
+
+    from pipeline import seeds, sweep
+    from pipeline.core.params import validated
+
+    def made(make, d, *args):  # the generated params, or the error that refuses them
+        try:
+            return make(d, *args)
+        except ParamsError as e:
+            return str(e)
+
+    base = (ROOT / path).parent
+    doc = yaml.safe_load((ROOT / path).read_text())
+    full = {s: validated(doc, s) for s in SCHEMA}  # every key stated
+    p, seed = validated(doc, "seeds"), validated(doc, "seeds")["seeds"][0]
+    for sparsity in p["target_sparsities"]:
+        args = (sparsity, seed, base, base / p["out_dir"] / seeds.run_name(sparsity, seed))
+        assert made(seeds.run_doc, doc, *args) == made(seeds.run_doc, full, *args)
+    for point in validated(doc, "sweep")["points"] if "sweep" in doc else ():
+        args = (point, base, base / full["sweep"]["out_dir"] / point)
+        assert made(sweep.point_doc, doc, *args) == made(sweep.point_doc, full, *args)
 
 
 @pytest.mark.parametrize("written, read", [("./mini", "{dir}/mini"), ("../models/mini", "{up}/models/mini"),

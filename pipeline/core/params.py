@@ -169,6 +169,12 @@ def as_written(spec: Key, value: str) -> str:
     return value if spec.path != "local" or value.startswith(LOCAL_PREFIXES) else "./" + value
 
 
+def validated(doc: dict, section: str) -> dict:
+    """A section of a params document with its defaults (a section left out takes every default), validated;
+    paths as written. Code that reads a params file as YAML goes through this, never doc[section][key]."""
+    return validate(section, doc.get(section) or {})
+
+
 def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
     path = Path(params_path)
     if not path.is_file():
@@ -177,13 +183,29 @@ def load_section(section: str, params_path: str | Path = "params.yaml") -> dict:
         doc = yaml.safe_load(f) or {}
     if not isinstance(doc, dict):
         raise ParamsError(f"params: {str(path)!r} must be a mapping of sections, got {type(doc).__name__}")
-    values = validate(section, doc.get(section) or {})  # a section left out takes every default
-    # Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
-    # for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees).
+    return resolve_paths(section, validated(doc, section), path)
+
+
+def resolve_paths(section: str, values: dict, params_path: str | Path) -> dict:
+    """Paths are relative to the params file, so a profile in its own folder keeps its outputs there;
+    for the repository's params.yaml they stay exactly as written (what dvc.yaml's ${...} sees)."""
+    values, folder = dict(values), Path(params_path).parent
     for name, spec in SCHEMA[section].items():
         if is_path(spec, values[name]):
-            values[name] = as_written(spec, os.path.normpath(os.path.join(path.parent, values[name])))
+            values[name] = as_written(spec, os.path.normpath(os.path.join(folder, values[name])))
     return values
+
+
+def redundant_keys(params_path: str | Path) -> list[str]:
+    """section.key for every key a params file states that resolves as it would if left out (its default,
+    a path the default already reaches): a profile or recipe states only what differs."""
+    doc = yaml.safe_load(Path(params_path).read_text()) or {}
+    out = []
+    for section in doc:
+        stated = load_section(section, params_path)
+        default = resolve_paths(section, validate(section, {}), params_path)
+        out += [f"{section}.{k}" for k in doc[section] or {} if stated[k] == default[k]]
+    return out
 
 
 def metrics_dir(params_path: str | Path = "params.yaml") -> Path:

@@ -52,6 +52,6 @@ for cfg, seed, run_dir, proc in jobs:
 for cfg, done in finished.items():
     params = cfg / "params.yaml"
     doc = yaml.safe_load(params.read_text())
-    doc["seeds"]["seeds"] = sorted(done)
+    doc.setdefault("seeds", {})["seeds"] = sorted(done)
     params.write_text(yaml.safe_dump(doc, sort_keys=False))
     seeds.main(str(params))

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import yaml
 
-profile = yaml.safe_load(Path("profiles/mrpc/params.yaml").read_text())
+from pipeline.core.params import validated
+
+profile = yaml.safe_load(Path("profiles/mrpc/params.yaml").read_text())  # a diff from the defaults
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu/mrpc")
 epochs_scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0   # local dry run: a sliver of each recipe
 max_train = int(sys.argv[3]) if len(sys.argv) > 3 else None
-base = {k: copy.deepcopy(profile[k]) for k in ("data", "teacher", "prune", "seeds")}
+base = {k: validated(profile, k) for k in ("data", "teacher", "prune", "seeds")}  # every key, defaults in
 base["data"].update(model="gpu/model", glue_dir="../glue", max_train_samples=max_train)
 base["teacher"].update(epochs=max(1, round((base["teacher"]["epochs"] or 3) * epochs_scale)))
 base["prune"].update(teacher_cache_mb=0, checkpoint_every_steps=100000, threads=1, allow_weak_teacher=epochs_scale < 1)
