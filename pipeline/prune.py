@@ -26,8 +26,8 @@ from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
 HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
-            "encoder_remaining_weights", "model_remaining_weights", "vocab_rows_kept", "selected_epoch", "epochs",
-            "train_time_s", "wall_time_s")
+            "encoder_remaining_weights", "model_remaining_weights", "vocab_rows_kept", "selected_epoch",
+            "epochs", "train_time_s", "wall_time_s")
 
 
 def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
@@ -133,7 +133,7 @@ def main(params_path: str = "params.yaml") -> dict:
             return device.finish(acc, result)
         fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"], planned)
         speed = reached(planned, student) if planned else None
-        vocab = apply_vocab(p, student, train_all, dev, meta, tokenizer)  # every train row's ids, held-out ones too
+        vocab = apply_vocab(p, student, train_all, dev, meta, tokenizer)  # train's ids, held-out rows too
         calibrated = apply_calibration(p, student, held, dev, meta)  # on the weights that ship, N:M made strict
         scores, teacher_scores = (evaluate(m, dev, meta, p["eval_batch_size"]) for m in (student, teacher))
         with atomic_dir(p["out_dir"]) as out:
@@ -148,8 +148,9 @@ def main(params_path: str = "params.yaml") -> dict:
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]), "epochs": p["epochs"], "recipe": recipe,
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
         "structure_plan": planned and {k: v for k, v in planned.items() if k != "cost_model"},
-        "structure_reached": speed, "vocab": vocab, **({"vocab_rows_kept": vocab["rows_kept"]} if vocab else {}),
-        "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),
+        "structure_reached": speed, "augment": augmented, "tail_average": averaged, "calibration": calibrated,
+        "vocab": vocab, **({"vocab_rows_kept": vocab["rows_kept"]} if vocab else {}),
+        "wall_time_s": round(t.seconds, 2),
         "mask_sync": {"checks": len(synced), "final_digest": synced[-1]}}, threads, metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics

@@ -53,7 +53,8 @@ def test_trimmed_student_round_trips_through_safetensors(tiny_model_dir, tmp_pat
     student = copy.deepcopy(full)
     vocab.trim(student, kept, unk_id=1)
     save_model(student, load_tokenizer(str(tiny_model_dir)), tmp_path)
-    assert read_config(tmp_path)[VOCAB_KEY] == {"rows": len(kept)} and read_config(tmp_path)["vocab_size"] == rows
+    config = read_config(tmp_path)
+    assert config[VOCAB_KEY] == {"rows": len(kept)} and config["vocab_size"] == rows
     assert not [f for f in tmp_path.iterdir() if f.suffix in (".bin", ".pt", ".pkl")]
     reloaded = load_trained(tmp_path).eval()
     emb = vocab.word_embeddings(reloaded)

@@ -22,7 +22,7 @@ BUNDLED = {
 }
 MODEL_STAGES = {"teacher": "teacher", "student": "prune"}  # deployable model -> the stage that writes it
 SLIM_KEY = "kasp_slim"  # config.json entry listing per-layer head counts and FFN widths after slimming
-VOCAB_KEY = "kasp_vocab"  # config.json entry of a vocabulary-trimmed model: {"rows": kept word-embedding rows}
+VOCAB_KEY = "kasp_vocab"  # config.json entry of a vocabulary-trimmed model: {"rows": kept embedding rows}
 
 
 def resolve_model(spec: str) -> str:
@@ -96,7 +96,8 @@ def _hf_problem_type(problem_type: str) -> str:
 
 
 def load_trained(model_dir: str | Path):
-    """Reload a checkpoint this project saved: slimmed, vocabulary-trimmed (pipeline.core.vocab), or neither."""
+    """Reload a checkpoint this project saved: slimmed, vocabulary-trimmed (pipeline.core.vocab), or
+    neither."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)

@@ -2,10 +2,10 @@
 text uses, plus a frequent core; every other token id reads [UNK]'s row.
 
 After structured pruning the word embedding is most of a MiniLM student (30,522 x 384: 11.7 MB of
-INT8 weights in a 14.3 MB IR, 12.8 MB gzipped; docs/results.md). Tokenization does not change: the data stage's ids, the fused string-in IR
-and the runner's tokenizer stay as they are. The student carries a table `old id -> row` applied before
-a table of the kept rows, so every exporter and runtime sees one model whose input is still the
-tokenizer's ids; the exported graph begins with a Gather on the table.
+INT8 weights in a 14.3 MB IR, 12.8 MB gzipped; docs/results.md). Tokenization does not change: the data
+stage's ids, the fused string-in IR and the runner's tokenizer stay as they are. The student carries a
+table `old id -> row` applied before a table of the kept rows, so every exporter and runtime sees one
+model whose input is still the tokenizer's ids; the exported graph begins with a Gather on the table.
 
 Kept = the special tokens, ids below `prune.vocab_core`, and every id in the train split. In BERT's
 WordPiece vocabularies (all-MiniLM-L6-v2 uses bert-base-uncased's) the first ids are [PAD], [unused*],

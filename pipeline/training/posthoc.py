@@ -20,7 +20,8 @@ weights or head, which saw it). One number is fitted, a shift of the positive cl
 maximises the task's headline score on those rows; among ties the one closest to 0 wins (then the
 lower), so a student that needs none keeps its threshold. It is fitted on rank 0 after finalize, on
 the weights that ship (vocabulary trimmed, if asked), and goes into the classifier's bias, so the
-saved, exported and compiled models carry it. Two-class tasks only. Dev is read only for the paired control, never to fit.
+saved, exported and compiled models carry it. Two-class tasks only. Dev is read only for the paired
+control, never to fit.
 """
 from __future__ import annotations
 
@@ -171,8 +172,10 @@ def apply_vocab(p: dict, student, train, dev, meta: dict, tokenizer) -> dict | N
     before = loop.evaluate(student, dev, meta, p["eval_batch_size"])
     trimmed = vocab.trim(student, kept, tokenizer.unk_token_id)
     after = loop.evaluate(student, dev, meta, p["eval_batch_size"])
-    return {"vocab": "task", "core_ids": p["vocab_core"], "rows_kept": len(kept), "rows_original": full.shape[0],
-            "word_embedding_params_before": full.numel(), "word_embedding_params_after": trimmed.weight.numel(),
+    return {"vocab": "task", "core_ids": p["vocab_core"],
+            "rows_kept": len(kept), "rows_original": full.shape[0],
+            "word_embedding_params_before": full.numel(),
+            "word_embedding_params_after": trimmed.weight.numel(),
             "dev_oov_token_fraction": round(oov, 6), "dev_tokens_counted": counted,
             "untrimmed_scores": before, "trimmed_scores": after}
 
