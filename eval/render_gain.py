@@ -38,7 +38,17 @@ def shipped_backend(deploy: dict) -> str | None:
     return TARGETS[target]["backend"] if target in TARGETS else None
 
 
-def render_gain(rows: list[dict], deploy: dict, compile_: dict, lat, tput) -> list[str]:
+def vocab_note(vocab: dict | None) -> str:
+    """The size's reason beyond pruning, when prune trimmed the vocabulary (prune.vocab: task)."""
+    if not vocab:
+        return ""
+    return (f"; its word embedding keeps {vocab['rows_kept']:,} of {vocab['rows_original']:,} rows "
+            f"(prune.vocab: task, {vocab['dev_oov_token_fraction']:.2%} of dev tokens read [UNK])")
+
+
+def render_gain(rows: list[dict], deploy: dict, compile_: dict, lat, tput,
+                vocab: dict | None = None) -> list[str]:
+    """`vocab`: prune's record of vocabulary trimming, if any; the sizes are compile's, of what ships."""
     g, shipped = gains(rows), shipped_backend(deploy)
     lat_s, tput_s = f"b{lat[0]}×s{lat[1]}", f"b{tput[0]}×s{tput[1]}"
     lines = ["## What pruning bought", ""]
@@ -47,7 +57,8 @@ def render_gain(rows: list[dict], deploy: dict, compile_: dict, lat, tput) -> li
         bundle = (deploy["models"]["student"].get("bundle_size") or {}).get("gzip_bytes")
         teacher_fp32 = compile_["models"].get("teacher", {}).get("sizes", {}).get("onnx_fp32", {}).get("gzip_bytes")
         size = (f"; its bundle is {bundle / 1e6:.1f} MB gzip against {teacher_fp32 / 1e6:.1f} MB for the dense FP32 "
-                f"teacher (1/{teacher_fp32 / bundle:.1f})" if bundle and teacher_fp32 else "")
+                f"teacher (1/{teacher_fp32 / bundle:.1f}){vocab_note(vocab)}"
+                if bundle and teacher_fp32 else "")
         lines += [f"**The shipped student ({shipped}) runs {_x(x['throughput_x'])} its teacher's throughput at "
                   f"{tput_s} and {_x(x['latency_x'])} at {lat_s} (p50), on the same runtime and precision, at "
                   f"Δ score {x['delta_score']:+.4f}{size}.**", ""]

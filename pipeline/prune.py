@@ -5,8 +5,9 @@
 
 The student starts from the pre-trained checkpoint (or the teacher) and is sparsified on INC's
 schedule while it learns from the fine-tuned teacher's logits and hidden states, so it keeps
-both the pre-trained and the task knowledge. Structured students (`channelx1`) are slimmed.
-Output (prune.out_dir): the student (safetensors + tokenizer; slimmed ones reload through
+both the pre-trained and the task knowledge. Structured students (`channelx1`) are slimmed;
+with `vocab: task` the word embedding keeps only the task's tokens and a frequent core (pipeline.core.vocab).
+Output (prune.out_dir): the student (safetensors + tokenizer; slimmed and trimmed ones reload through
 pipeline.core.models.load_trained) and metrics/prune.json.
 """
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import QUALITY, SCORES
 from pipeline.training import device, scale
 from pipeline.training.augment import training_rows
-from pipeline.training.posthoc import TailAverage, apply_average, apply_calibration, held_out
+from pipeline.training.posthoc import TailAverage, apply_average, apply_calibration, apply_vocab, held_out
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.student import PruneError
 
 HEADLINE = (*SCORES, *(f"delta_{k}" for k in SCORES), "baseline_score", "achieved_sparsity",
-            "encoder_remaining_weights", "model_remaining_weights", "selected_epoch", "epochs", "train_time_s", "wall_time_s")
+            "encoder_remaining_weights", "model_remaining_weights", "vocab_rows_kept", "selected_epoch",
+            "epochs", "train_time_s", "wall_time_s")
 
 
 def check_teacher(teacher_dir: Path, allow_weak: bool) -> dict:
@@ -103,8 +105,8 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training.loop import TRAIN_KEYS, evaluate, fit
     from pipeline.training.teacher_cache import maybe_build
 
-    meta, train, dev = load_inputs(data_dir)
-    train, held, select_on, selection = held_out(p, meta, train)
+    meta, train_all, dev = load_inputs(data_dir)
+    train, held, select_on, selection = held_out(p, meta, train_all)
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
     p, recipe = scale.student(p, len(rows), structured=bool(planned))
@@ -132,6 +134,7 @@ def main(params_path: str = "params.yaml") -> dict:
             return device.finish(acc, result)
         fin = st.finalize(student, p, teacher.config, dense["encoder_linear_params"], planned)
         speed = reached(planned, student) if planned else None
+        vocab = apply_vocab(p, student, train_all, dev, meta, tokenizer)  # train's ids, held-out rows too
         calibrated = apply_calibration(p, student, held, dev, meta)  # on the weights that ship, N:M made strict
         scores, teacher_scores = (evaluate(m, dev, meta, p["eval_batch_size"]) for m in (student, teacher))
         with atomic_dir(p["out_dir"]) as out:
@@ -146,7 +149,9 @@ def main(params_path: str = "params.yaml") -> dict:
         "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]), "epochs": p["epochs"], "recipe": recipe,
         **st.sparsity_metrics(student, fin, dense), **{k: result[k] for k in TRAIN_KEYS}, "teacher_cache": cache_info,
         "structure_plan": planned and {k: v for k, v in planned.items() if k != "cost_model"},
-        "structure_reached": speed, "augment": augmented, "tail_average": averaged, "calibration": calibrated, "wall_time_s": round(t.seconds, 2),
+        "structure_reached": speed, "augment": augmented, "tail_average": averaged, "calibration": calibrated,
+        "vocab": vocab, **({"vocab_rows_kept": vocab["rows_kept"]} if vocab else {}),
+        "wall_time_s": round(t.seconds, 2),
         "mask_sync": {"checks": len(synced), "final_digest": synced[-1]}}, threads, metrics_dir(params_path), HEADLINE)
     device.finish(acc)
     return metrics

@@ -114,7 +114,7 @@ def write_report(out: Path, rows: list[dict], ctx: dict, docs: dict, shapes: tup
     lat, throughput_shape = shapes
     bench, deploy = docs["bench"], docs["deploy"]
     title, rest = render_markdown(rows, ctx).split("\n", 1)
-    gain = render_gain(rows, deploy, docs["compile"], lat, throughput_shape)
+    gain = render_gain(rows, deploy, docs["compile"], lat, throughput_shape, docs["prune"].get("vocab"))
     (out / "report.md").write_text("\n".join([title, "", *gain]) + rest + "\n".join(render_deploy(deploy)))
     plot_accuracy_vs_throughput(rows, out / "accuracy_vs_throughput.png", throughput_shape)
     plot_throughput_by_backend(bench, out / "throughput.png")

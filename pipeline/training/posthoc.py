@@ -1,6 +1,6 @@
-"""After fit, what ships: the tail's weight average (`prune.average_tail`) and a decision threshold
-fitted on held-out train rows (`prune.calibrate`). Each first scores the run without it on dev: a
-paired control, never used to choose.
+"""After fit, what ships: the tail's weight average (`prune.average_tail`), a vocabulary trimmed to
+the task's tokens (`prune.vocab`) and a decision threshold fitted on held-out train rows
+(`prune.calibrate`). Each first scores the run without it on dev: a paired control, never used to choose.
 
 Tail averaging: the student that ships is the mean of its weights over the fixed-sparsity tail, not
 the last step's. At 95% on MRPC the dev accuracy of the tail's epochs (11-16 of 16) spans 76.0 to
@@ -19,8 +19,9 @@ the labels, so the shift cannot be seen on them: it is measured on the train spl
 weights or head, which saw it). One number is fitted, a shift of the positive class's logit that
 maximises the task's headline score on those rows; among ties the one closest to 0 wins (then the
 lower), so a student that needs none keeps its threshold. It is fitted on rank 0 after finalize, on
-the weights that ship, and goes into the classifier's bias, so the saved, exported and compiled
-models carry it. Two-class tasks only. Dev is read only for the paired control, never to fit.
+the weights that ship (vocabulary trimmed, if asked), and goes into the classifier's bias, so the
+saved, exported and compiled models carry it. Two-class tasks only. Dev is read only for the paired
+control, never to fit.
 """
 from __future__ import annotations
 
@@ -153,9 +154,36 @@ def apply_average(averagers: list, student, dev, meta: dict, p: dict, main: bool
     return {"steps": averagers[0].apply(), "last_step_scores": last}
 
 
+def apply_vocab(p: dict, student, train, dev, meta: dict, tokenizer) -> dict | None:
+    """With vocab: task, on rank 0 after finalize: keep the word-embedding rows of the specials, the first
+    vocab_core ids and every id of `train` (pipeline.core.vocab). Dev gives the out-of-vocabulary rate
+    and the scores before and after (the paired control); it never chooses what is kept."""
+    if p["vocab"] == "full":
+        return None
+    from pipeline.core import vocab
+
+    if tokenizer.unk_token_id is None:
+        raise ValueError("prune.vocab = 'task' maps dropped tokens to [UNK], and this tokenizer has none; "
+                         "set prune.vocab: full")
+    specials = tokenizer.all_special_ids
+    full = vocab.word_embeddings(student).weight
+    kept = vocab.kept_ids(full.shape[0], specials, p["vocab_core"], train.ids)
+    oov, counted = vocab.oov_fraction(dev.ids, kept, specials)
+    before = loop.evaluate(student, dev, meta, p["eval_batch_size"])
+    trimmed = vocab.trim(student, kept, tokenizer.unk_token_id)
+    after = loop.evaluate(student, dev, meta, p["eval_batch_size"])
+    return {"vocab": "task", "core_ids": p["vocab_core"],
+            "rows_kept": len(kept), "rows_original": full.shape[0],
+            "word_embedding_params_before": full.numel(),
+            "word_embedding_params_after": trimmed.weight.numel(),
+            "dev_oov_token_fraction": round(oov, 6), "dev_tokens_counted": counted,
+            "untrimmed_scores": before, "trimmed_scores": after}
+
+
 def apply_calibration(p: dict, student, held, dev, meta: dict) -> dict | None:
-    """With calibrate: train_split, on rank 0 (which alone saves) and after finalize (the weights that ship):
-    the student's dev scores without the shift (the paired control, never a choice), then the shift."""
+    """With calibrate: train_split, on rank 0 (which alone saves) and after finalize and vocabulary trimming
+    (the weights that ship): the student's dev scores without the shift (the paired control, never a
+    choice), then the shift."""
     if p["calibrate"] == "none":
         return None
     before = loop.evaluate(student, dev, meta, p["eval_batch_size"])
