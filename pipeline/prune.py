@@ -102,7 +102,7 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.training import sparsity, student as st
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
     from pipeline.training.distill import layer_map
-    from pipeline.training.loop import TRAIN_KEYS, evaluate, fit
+    from pipeline.training.loop import TRAIN_KEYS, Hooks, Run, evaluate, fit
     from pipeline.training.teacher_cache import maybe_build
 
     meta, train_all, dev = load_inputs(data_dir)
@@ -122,10 +122,10 @@ def main(params_path: str = "params.yaml") -> dict:
     prepare, pruners, averagers, synced = pruner_hook(p, acc, pruning, planned)
     fp = run_fingerprint("prune", p, data_dir, weights_sha256(str(teacher_dir)))
     with Timer() as t:
-        result = fit(student, rows, dev, meta, p, loss_fn, stage="prune", fp=fp, prepare=prepare,
-                     eligible=lambda step: not pruners or step > pruners[0].end_step, select_on=select_on,
-                     schedule=lambda total: lr_lambda(p, total, pruning), log_root=metrics_dir(params_path).parent,
-                     acc=acc, placement=placement)
+        run = Run("prune", fp, acc, placement, metrics_dir(params_path).parent)
+        hooks = Hooks(prepare, eligible=lambda step: not pruners or step > pruners[0].end_step,
+                      schedule=lambda total: lr_lambda(p, total, pruning))
+        result = fit(student, rows, dev, meta, p, loss_fn, run, hooks, select_on=select_on)
         averaged = apply_average(averagers, student, dev, meta, p, acc.is_main_process)
         if pruners:
             pruners[0].detach()

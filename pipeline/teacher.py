@@ -34,16 +34,15 @@ def search(p: dict, meta: dict, train, dev, select_on, data_dir, acc, placement,
     from pipeline.core.models import load_classifier, start_model
     from pipeline.training import scale
     from pipeline.training.checkpoint import clear_checkpoint, run_fingerprint
-    from pipeline.training.loop import fit
+    from pipeline.training.loop import Run, fit
 
     won, trials = None, []
     for lr in p["search_learning_rates"] or [p["learning_rate"]]:
         seed_everything(p["seed"])  # every trial starts from the same head and batch order
         model = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"], meta["labels"])
         tp, recipe = scale.teacher({**p, "learning_rate": lr}, len(train), model.config.hidden_size)
-        fp = run_fingerprint("teacher", tp, data_dir)
-        result = fit(model, train, dev, meta, tp, task_loss, stage="teacher", fp=fp, select_on=select_on,
-                     log_root=log_root, acc=acc, placement=placement)
+        run = Run("teacher", run_fingerprint("teacher", tp, data_dir), acc, placement, log_root)
+        result = fit(model, train, dev, meta, tp, task_loss, run, select_on=select_on)
         clear_checkpoint(tp)
         held = (result["best"] or {}).get("score")
         trials.append({"learning_rate": tp["learning_rate"], "held_out_score": held,

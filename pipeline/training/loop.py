@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -209,40 +210,67 @@ def _global(acc, loss: float, parts: dict) -> dict:
     return {f"train/{k}": v for k, v in vals.items()}
 
 
-def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stage: str, fp: str, acc, placement,
-        prepare=None, eligible=lambda step: True, log_root: Path | None = None, select_on: Tokens | None = None,
-        schedule=None) -> dict:
+@dataclass(frozen=True)
+class Run:
+    """Where a fit runs: the stage (progress bar, curves, messages), the run's fingerprint (a checkpoint
+    resumes only the same run), the Accelerator and the placement pipeline.training.device resolved, and
+    the folder dvclive/<stage> goes in (None: no curves)."""
+    stage: str
+    fp: str
+    acc: object
+    placement: object
+    log_root: Path | None = None
+
+
+def _always(step: int) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a stage adds to plain training. `prepare(model, optimizer, total_steps)` may wrap the optimizer
+    (pruning: after Accelerate's prepare, as INC's own example does) and returns the extra-state object;
+    `eligible(step)`: whether an epoch ending at that step may be selected; `schedule(total) -> lr_lambda`
+    sets the learning rate (None: linear)."""
+    prepare: Callable | None = None
+    eligible: Callable[[int], bool] = _always
+    schedule: Callable | None = None
+
+
+def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, run: Run, hooks: Hooks = Hooks(),
+        select_on: Tokens | None = None) -> dict:
     """Train with `loss_fn(model, batch, example_indices) -> (loss, parts)`; returns history, timing and
     the selected epoch.
 
     The model returned is the last epoch's, or with `select_on` (a split carved from train, never the
-    dev set) the epoch that scored best on it among those `eligible(step)` allows. `dev` is scored each
-    epoch for the curves only. `prepare(model, optimizer, total_steps)` may wrap the optimizer (pruning:
-    after Accelerate's prepare, as INC's own example does) and returns the extra-state object;
-    `schedule(total) -> lr_lambda` sets the learning rate; `log_root` is where dvclive/<stage> goes
-    (None: no curves). `acc` is the Accelerator and `placement` what pipeline.training.device resolved.
+    dev set) the epoch that scored best on it among those `hooks.eligible` allows. `dev` is scored each
+    epoch for the curves only.
     """
     from safetensors.torch import load_file
     from tqdm.auto import tqdm
 
+    acc, stage = run.acc, run.stage
     ckpt_dir, main = Path(p["checkpoint_dir"]), acc.is_main_process
     per_epoch = math.ceil(len(train) / p["batch_size"])
     total = per_epoch * p["epochs"]
-    opt, sched = make_optimizer(model, p, total, schedule)
+    opt, sched = make_optimizer(model, p, total, hooks.schedule)
     # The LR scheduler stays outside Accelerate, which would step it once per process per step.
     model, opt = acc.prepare(model, opt)
     plain = acc.unwrap_model(model)
-    extra = prepare(plain, opt, total) if prepare else NoExtra()
-    state, pr = _resume(ckpt_dir, fp, acc, (plain, opt, sched, extra), f"[{stage}] resuming from step {{}}/{total}")
+    extra = hooks.prepare(plain, opt, total) if hooks.prepare else NoExtra()
+    message = f"[{stage}] resuming from step {{}}/{total}"
+    state, pr = _resume(ckpt_dir, run.fp, acc, (plain, opt, sched, extra), message)
     resumed_from = pr.step
-    log, close_log = dvclive_logger(stage, state is not None, log_root) if log_root and main else (None, lambda: None)
+    log, close_log = None, lambda: None
+    if run.log_root and main:
+        log, close_log = dvclive_logger(stage, state is not None, run.log_root)
 
     def checkpoint():
         if main:
-            save_checkpoint(ckpt_dir, {"fingerprint": fp, "model": plain.state_dict(), "optimizer": opt.state_dict(),
-                                       "scheduler": sched.state_dict(), "extra": extra.state_dict(), "step": pr.step,
-                                       "rng": torch.get_rng_state(), "history": pr.history, "best": pr.best,
-                                       "timing": pr.timing})
+            save_checkpoint(ckpt_dir, {"fingerprint": run.fp, "model": plain.state_dict(),
+                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                       "extra": extra.state_dict(), "step": pr.step, "rng": torch.get_rng_state(),
+                                       "history": pr.history, "best": pr.best, "timing": pr.timing})
 
     bar = tqdm(total=total, initial=pr.step, desc=stage, disable=not (p["progress"] and main), mininterval=2)
     for epoch in range(pr.step // per_epoch, p["epochs"]):
@@ -256,11 +284,11 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
             pr.timing["epoch_steps"] += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            if log_root and pr.step % 10 == 0 and (logged := _global(acc, loss, parts)) and log:
+            if run.log_root and pr.step % 10 == 0 and (logged := _global(acc, loss, parts)) and log:
                 log(pr.step, logged)
             if pr.step % p["checkpoint_every_steps"] == 0 and pr.step % per_epoch:
                 checkpoint()
-        _end_epoch(model, dev, select_on, meta, p, pr, epoch, acc, log, eligible, ckpt_dir)
+        _end_epoch(model, dev, select_on, meta, p, pr, epoch, acc, log, hooks.eligible, ckpt_dir)
         checkpoint()
     bar.close()
     close_log()
@@ -268,7 +296,7 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, *, stag
     if pr.best is not None:
         plain.load_state_dict(load_file(str(ckpt_dir / BEST)))
     acc.unwrap_model(model, keep_fp32_wrapper=False)  # a plain forward again (fp32) for eval and export
-    return _summary(pr, total, resumed_from, extra, acc, placement)
+    return _summary(pr, total, resumed_from, extra, acc, run.placement)
 
 
 def _end_epoch(model, dev, select_on, meta, p, pr: Progress, epoch: int, acc, log, eligible, ckpt_dir) -> None:
