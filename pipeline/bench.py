@@ -16,7 +16,7 @@ from functools import partial
 
 from pipeline.core.common import Timer, cpu_info, seed_everything, set_threads, write_metrics
 from pipeline.core.params import load_section, metrics_dir
-from eval.harness import BASELINE, GAP
+from pipeline.timing.harness import BASELINE, GAP
 
 def add_speedups(results: list[dict]) -> None:
     base = {(r["batch"], r["seq_len"]): r["throughput_seq_per_s"] for r in results
@@ -52,8 +52,8 @@ def versus_torch(results: list[dict]) -> dict:
 
 
 def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
-    from deploy.backends import load
-    from eval.harness import async_streams, settled, stability, summarize, synthetic_feed, time_loop
+    from pipeline.runtime.backends import load
+    from pipeline.timing.harness import async_streams, settled, stability, summarize, synthetic_feed, time_loop
 
     rows = []
     for streams in sorted(set(p["streams"])):
@@ -86,8 +86,8 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
 
 
 def crosscheck(results: list[dict], p: dict, threads: int, paths) -> list[dict]:
-    from deploy import openvino as dov
-    from eval.harness import benchmark_app
+    from pipeline.runtime import openvino as dov
+    from pipeline.timing.harness import benchmark_app
     from pipeline.core.common import read_json
 
     out = []
@@ -120,7 +120,7 @@ def main(params_path: str = "params.yaml") -> dict:
     threads = set_threads(p["threads"])
     from tqdm.auto import tqdm
 
-    from deploy.backends import model_paths
+    from pipeline.runtime.backends import model_paths
     from pipeline.core.models import read_config
 
     # The baseline is always timed in this run, even when its model is not in bench.models.

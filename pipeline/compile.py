@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.ort import check_available
 from pipeline.core.common import Timer, atomic_dir, cpu_info, seed_everything, set_threads, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir, upstream_dir
+from pipeline.runtime.ort import check_available
 
 
 def disk_size(path: Path) -> dict:
@@ -47,8 +47,8 @@ def trt_options(p: dict) -> dict:
 
 
 def compile_one(onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dict, threads: int) -> dict:
-    from deploy import openvino as dov
-    from deploy.ort import make_session, quantize_dynamic_int8
+    from pipeline.runtime import openvino as dov
+    from pipeline.runtime.ort import make_session, quantize_dynamic_int8
     from pipeline.core.tasks import compute_metrics
     from pipeline.core.tokens import feeds
 

@@ -30,9 +30,9 @@ def dev_rows(data_dir: Path) -> list[tuple[str, str | None]]:
 
 def runtime_config(target: str, compile_dir: Path) -> dict:
     """What the bundle's runtime is configured with: the same settings bench measured the target with."""
-    from deploy.backends import ov_config
-    from deploy.ort import PROVIDERS
-    from deploy.target import TARGETS
+    from pipeline.runtime.backends import ov_config
+    from pipeline.runtime.ort import PROVIDERS
+    from pipeline.serving.target import TARGETS
 
     t = TARGETS[target]
     if t["runtime"] == "openvino":
@@ -45,7 +45,7 @@ def fused_model(tokenizer_dir: Path, xml: Path, rows: list, max_length: int, ato
     """(fused xml path or None, record): the string-in IR, saved only once it passes the parity gate."""
     import openvino as ov
 
-    from deploy.tokenizer import TokenizerConversionError, convert, fuse, parity
+    from pipeline.serving.tokenizer import TokenizerConversionError, convert, fuse, parity
 
     pairs = rows[0][1] is not None
     try:
@@ -66,8 +66,8 @@ def fused_model(tokenizer_dir: Path, xml: Path, rows: list, max_length: int, ato
 
 def string_in_latency(fused_dir: Path, token_dir: Path, row: tuple, threads: int) -> dict:
     """b1 end-to-end latency (tokenizing included) of the fused bundle against the token-in one."""
-    from deploy.runner import Bundle
-    from eval.harness import summarize, time_loop
+    from pipeline.serving.runner import Bundle
+    from pipeline.timing.harness import summarize, time_loop
 
     out = {}
     for name, path in (("fused", fused_dir), ("unfused", token_dir)):
@@ -97,8 +97,8 @@ def row_near(rows: list, tokenizer_dir: Path, tokens: int) -> tuple:
 def build_bundles(model: str, target: dict, p: dict, dirs: dict, meta: dict, rows: list, out: Path,
                   threads: int) -> dict:
     """bundle_dir/<model>/ in the chosen target; for OpenVINO the string-in one when the tokenizer converts."""
-    from deploy.bundle import write_bundle
-    from deploy.target import TARGETS
+    from pipeline.serving.bundle import write_bundle
+    from pipeline.serving.target import TARGETS
 
     t, compiled = TARGETS[target["target"]], dirs["compile"] / model
     source = dirs["export"] / model / t["source"] if t["source"] == "model.onnx" else compiled / t["source"]
@@ -134,9 +134,9 @@ def repositories(model: str, p: dict, dirs: dict, bundle: Path, meta: dict, rows
     """out/ovms and out/triton entries for one model. OVMS serves the bundle's IR when the bundle is
     OpenVINO (string-in if fused), else the INT8 IR fused here; Triton gets ONNX (CPU INT8, GPU FP32
     with TensorRT) and the token-in INT8 IR on its openvino backend, which has no tokenizer ops."""
-    from deploy import repository as repo
-    from deploy.runner import CONFIG_FILE, MANIFEST_FILE
-    from deploy.target import fastest_ov_int8
+    from pipeline.serving import repository as repo
+    from pipeline.serving.runner import CONFIG_FILE, MANIFEST_FILE
+    from pipeline.serving.target import fastest_ov_int8
 
     compiled, engine = dirs["compile"] / model, read_json(bundle / MANIFEST_FILE)["engine"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,7 +175,7 @@ def trt_accelerator(compile_dir: Path, model: str) -> dict:
 
 def check_inputs(p: dict, params_path: str) -> tuple[dict, dict]:
     """Everything deploy reads, and the target of every model, before any conversion starts."""
-    from deploy.target import choose
+    from pipeline.serving.target import choose
 
     dirs = {"compile": upstream_dir("compile", params_path), "export": upstream_dir("export", params_path),
             "data": upstream_dir("data", params_path)}
@@ -199,7 +199,7 @@ def main(params_path: str = "params.yaml") -> dict:
     p = load_section("deploy", params_path)
     dirs, targets = check_inputs(p, params_path)
     threads = set_threads(p["threads"])
-    from deploy import repository as repo
+    from pipeline.serving import repository as repo
 
     meta, rows = read_json(dirs["data"] / "meta.json"), dev_rows(dirs["data"])
     results = {}

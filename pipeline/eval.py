@@ -44,7 +44,7 @@ def main(params_path: str = "params.yaml") -> dict:
         raise ValueError(f"eval.backends must include {REFERENCE!r}: every backend is judged against it")
     data_dir = upstream_dir("data", params_path)
     threads = set_threads(p["threads"])
-    from deploy.backends import load, model_paths
+    from pipeline.runtime.backends import load, model_paths
     from pipeline.core.tasks import compute_metrics
     from pipeline.core.tokens import feeds, load_inputs
 

@@ -20,7 +20,7 @@ def main(params_path: str = "params.yaml") -> dict:
     data_dir = upstream_dir("data", params_path)
     seed_everything(p["seed"])
     threads = set_threads(p["threads"])
-    from export.onnx import export, gate
+    from pipeline.onnx_export.onnx import export, gate
     from pipeline.core.models import load_trained
     from pipeline.training.sparsity import summarize
     from pipeline.core.tokens import load_inputs

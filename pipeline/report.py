@@ -6,7 +6,7 @@ Inputs: metrics/{teacher,prune,compile,eval,bench}.json. Output (report.out_dir,
 report.md (what ran and where, the accuracy / size / latency / throughput / speedup table, drift
 flags, sparse-kernel coverage, the benchmark_app cross-check), accuracy_vs_throughput.png,
 throughput.png, and plots/{accuracy_vs_throughput,throughput}.json for `dvc plots`;
-metrics/report.json with the headline ratios. Rendering lives in eval/render.py.
+metrics/report.json with the headline ratios. Rendering lives in pipeline/reporting/render.py.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-from eval.render import (NA, TPUT, bench_cells, bench_value, build_context, crosscheck_error,
-                         plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio, render_markdown,
-                         render_table, table_rows)
-from eval.render_deploy import render_deploy
-from eval.render_gain import headline as gain_headline, render_gain
 from pipeline.core.common import Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
+from pipeline.reporting.render import (NA, TPUT, bench_cells, bench_value, build_context, crosscheck_error,
+                                       plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio,
+                                       render_markdown, render_table, table_rows)
+from pipeline.reporting.render_deploy import render_deploy
+from pipeline.reporting.render_gain import headline as gain_headline, render_gain
 
 INPUTS = ("teacher", "prune", "compile", "eval", "bench", "deploy")  # metrics/details/<stage>.json, by that stage
 REQUIRED = {

@@ -8,7 +8,7 @@ dense teacher's score per backend and its speed. Output (sweep_report.out_dir): 
 (SparseBERT's table plus the winner per level), accuracy_vs_remaining.png,
 throughput_vs_remaining.png, plots/*.json for `dvc plots`, and history.jsonl, one line per report,
 which is how a report knows which points this run recomputed.
-Rendering lives in eval/sweep_render.py.
+Rendering lives in pipeline/reporting/sweep_render.py.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from eval.render import TPUT
-from eval.sweep_render import (front, plot_accuracy, plot_data, plot_throughput, point_row, render, table_order, teacher_row,
-                        winners)
 from pipeline.core.common import DETAILS, Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
+from pipeline.reporting.render import TPUT
+from pipeline.reporting.sweep_render import (front, plot_accuracy, plot_data, plot_throughput, point_row, render,
+                                             table_order, teacher_row, winners)
 
 POINT_FILES = ("sweep", "prune", "eval", "bench")
 

@@ -1,5 +1,5 @@
 """Fixtures for the server tests: a string-in (openvino-text) bundle of the tiny random BERT, built in
-seconds without the pipeline, and one deploy.server process on a free 127.0.0.1 port serving it.
+seconds without the pipeline, and one pipeline.serving.server process on a free 127.0.0.1 port serving it.
 
 Import the fixtures into a test module: `from tests.serving import served, text_bundle  # noqa: F401`.
 """
@@ -19,8 +19,8 @@ def build_text_bundle(model_dir: Path, out: Path) -> Path:
     import torch
     from transformers import BertForSequenceClassification
 
-    from deploy.bundle import write_bundle
-    from deploy.tokenizer import convert, fuse
+    from pipeline.serving.bundle import write_bundle
+    from pipeline.serving.tokenizer import convert, fuse
     from tests.test_bundle import export_ir
 
     torch.manual_seed(0)
@@ -60,8 +60,8 @@ class Served:
 
 @pytest.fixture(scope="session")
 def served(text_bundle):
-    """deploy.server on the text bundle, one inference thread, for the whole session."""
-    from eval import loadtest
+    """pipeline.serving.server on the text bundle, one inference thread, for the whole session."""
+    from tools.diagnostics import loadtest
 
     port = loadtest.free_port()
     with tempfile.TemporaryFile("w+") as log:

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from deploy.backends import ModelPaths
-from eval import harness
 from pipeline.bench import crosscheck
+from pipeline.runtime.backends import ModelPaths
+from pipeline.timing import harness
 
 ARGS = ({"INFERENCE_PRECISION_HINT": "f32"}, 4, 16, 1, 1)  # config, batch, seq, threads, seconds
 

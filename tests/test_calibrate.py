@@ -113,7 +113,7 @@ def test_seeds_keep_the_uncalibrated_control():
 
 
 def test_threshold_diagnostic_counts_and_ceiling():
-    from eval.threshold import diagnose
+    from tools.diagnostics.threshold import diagnose
 
     margins = np.array([0.5, 1.0, 1.5, 2.0, 3.0, -1.0])
     labels = np.array([0, 0, 0, 1, 1, 1])
@@ -125,7 +125,7 @@ def test_threshold_diagnostic_counts_and_ceiling():
 
 
 def test_threshold_diagnostic_runs_on_saved_models(trained, capsys):
-    from eval.threshold import main
+    from tools.diagnostics.threshold import main
 
     params, _ = trained
     (row,) = main([params["teacher"]["out_dir"], "--data", params["data"]["out_dir"]])
@@ -134,7 +134,7 @@ def test_threshold_diagnostic_runs_on_saved_models(trained, capsys):
 
 
 def test_threshold_diagnostic_calibrates_on_the_held_out_share_of_train(trained):
-    from eval.threshold import main
+    from tools.diagnostics.threshold import main
     from pipeline.core.models import load_trained
     from pipeline.core.tokens import load_inputs, split_off
     from pipeline.training import loop

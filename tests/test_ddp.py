@@ -138,7 +138,7 @@ def test_a_killed_two_process_prune_resumes(ddp_trained):
 
 
 def test_ddp_throughput_compares_one_and_two_processes_on_the_same_params(trained):
-    from eval import ddp_throughput
+    from tools.diagnostics import ddp_throughput
 
     params, write = trained
     r = ddp_throughput.main([write(params), "--rounds", "1"])

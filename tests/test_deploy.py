@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.target import CHOICES, TargetError, choose, fastest_ov_int8
 from pipeline.core.schema import TARGET_CHOICES
+from pipeline.serving.target import CHOICES, TargetError, choose, fastest_ov_int8
 
 # Student throughput at b32 x s128 (seq/s), measured on an AMX Xeon and an AVX2-only EPYC (docs/results.md)
 AMX = {"ov-int8": 317.6, "ov-fp32": 98.6, "ort-int8": 174.6}
@@ -93,7 +93,7 @@ def test_deploy_stage_writes_a_fused_bundle_and_valid_repositories(built):
 
 
 def test_openvino_target_bundle_is_string_in_and_matches_the_token_in_ir(built, tmp_path):
-    from deploy.runner import Bundle
+    from pipeline.serving.runner import Bundle
     from pipeline import deploy
 
     params, path, _ = built
@@ -118,7 +118,7 @@ def test_openvino_target_bundle_is_string_in_and_matches_the_token_in_ir(built, 
 
 
 def test_parity_gate_catches_a_tokenizer_that_disagrees(built):
-    from deploy.tokenizer import convert, fuse, parity
+    from pipeline.serving.tokenizer import convert, fuse, parity
     from pipeline.deploy import dev_rows
 
     params, _, _ = built
@@ -139,7 +139,7 @@ def serving(built, tmp_path):
 
 
 def test_ovms_loads_the_highest_version(serving):
-    from deploy.repository import validate_ovms
+    from pipeline.serving.repository import validate_ovms
 
     shutil.copytree(serving / "ovms/student/1", serving / "ovms/student/12")
     shutil.copytree(serving / "ovms/student/1", serving / "ovms/student/3")
@@ -147,7 +147,7 @@ def test_ovms_loads_the_highest_version(serving):
 
 
 def test_ovms_plugin_config_that_does_not_apply_is_refused(serving):
-    from deploy.repository import RepositoryError, validate_ovms
+    from pipeline.serving.repository import RepositoryError, validate_ovms
 
     cfg = json.loads((serving / "ovms/config.json").read_text())
     cfg["model_config_list"][0]["config"]["plugin_config"]["NO_SUCH_PROPERTY"] = "1"
@@ -162,7 +162,7 @@ def test_ovms_plugin_config_that_does_not_apply_is_refused(serving):
                                             ('backend: "onnxruntime"', 'backend: "openvino"', "needs"),
                                             ("dynamic_batching { }", "", "dynamic_batching")])
 def test_triton_config_that_disagrees_with_the_model_is_refused(serving, old, new, match):
-    from deploy.repository import RepositoryError, validate_triton
+    from pipeline.serving.repository import RepositoryError, validate_triton
 
     pbtxt = serving / "triton/student/config.pbtxt"
     pbtxt.write_text(pbtxt.read_text().replace(old, new, 1))
@@ -171,7 +171,7 @@ def test_triton_config_that_disagrees_with_the_model_is_refused(serving, old, ne
 
 
 def test_ovms_enum_read_back_must_match_exactly():
-    from deploy.repository import _same_property
+    from pipeline.serving.repository import _same_property
 
     assert _same_property("LATENCY", "PerformanceMode.LATENCY") and _same_property("0.88", "0.8799999952316284")
     assert not _same_property("THROUGHPUT", "CUMULATIVE_THROUGHPUT") and not _same_property("f16", "bf16")
@@ -193,9 +193,9 @@ def test_pair_tasks_fuse_two_string_inputs_and_the_bundle_answers_pairs(built, t
     """MRPC-style pairs: `text` and `text_pair` inputs; ids, type ids and logits as the token-in path."""
     import openvino as ov
 
-    from deploy.bundle import write_bundle
-    from deploy.runner import Bundle
-    from deploy.tokenizer import convert, fuse, parity
+    from pipeline.serving.bundle import write_bundle
+    from pipeline.serving.runner import Bundle
+    from pipeline.serving.tokenizer import convert, fuse, parity
     from pipeline.deploy import dev_rows
 
     params, _, _ = built

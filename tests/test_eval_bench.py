@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from deploy.backends import BACKENDS as LOADERS
 from pipeline.core.common import cpu_info
-from pipeline.eval import drift_flags
 from pipeline.core.schema import BACKENDS
+from pipeline.eval import drift_flags
+from pipeline.runtime.backends import BACKENDS as LOADERS
 
 
 def test_backend_names_match_the_schema():
@@ -52,7 +52,7 @@ def teacher_only(project):
 def stand_in(monkeypatch, perturb):
     """ov-int8 replaced by PyTorch FP32 whose logits pass through perturb(logits, batch_no): eval needs no
     compiled model, and the drift is whatever the test makes it."""
-    import deploy.backends as db
+    import pipeline.runtime.backends as db
 
     def load(paths, threads, streams):
         runner = db.BACKENDS["torch-fp32"](paths, threads, streams)
@@ -109,7 +109,7 @@ def test_eval_fails_on_drift_past_tolerance(teacher_only, monkeypatch, fail):
 
 
 def test_stability_flags_disagreeing_rounds():
-    from eval.harness import stability
+    from pipeline.timing.harness import stability
 
     assert not stability([[0.010, 0.011], [0.0105, 0.0104]])["unstable"]
     flagged = stability([[0.010, 0.010], [0.020, 0.021]])
@@ -117,7 +117,7 @@ def test_stability_flags_disagreeing_rounds():
 
 
 def test_a_settled_round_is_not_repeated_and_a_lone_wide_one_is_flagged():
-    from eval.harness import settled, stability
+    from pipeline.timing.harness import settled, stability
 
     tight, wide = [0.100, 0.101, 0.099, 0.100, 0.102], [0.100, 0.150, 0.080, 0.130, 0.100]
     assert settled(tight) and not settled(wide)  # IQR/median 0.01 vs 0.3, against UNSTABLE = 0.15

@@ -6,13 +6,13 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from deploy import openvino as dov
-from deploy.ort import PROVIDERS, ProviderError, make_session
-from export.onnx import ParityError, gate
 from pipeline import export
 from pipeline.core.common import cpu_info
 from pipeline.core.models import load_trained
 from pipeline.core.tokens import Tokens, feeds
+from pipeline.onnx_export.onnx import ParityError, gate
+from pipeline.runtime import openvino as dov
+from pipeline.runtime.ort import PROVIDERS, ProviderError, make_session
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ if "CUDAExecutionProvider" not in ort.get_available_providers():
 
 import numpy as np  # noqa: E402
 
-from deploy.ort import make_session  # noqa: E402
 from pipeline.core.tokens import Tokens, feeds  # noqa: E402
+from pipeline.runtime.ort import make_session  # noqa: E402
 
 
 def test_cuda_session_runs_on_cuda_and_matches_cpu(built):

@@ -210,8 +210,8 @@ def test_seeds_record_the_bench_measured_speedup_on_the_fastest_backend():
 
 
 def test_every_registered_criterion_and_backend_has_its_code():
-    from deploy.backends import BACKENDS as LOADERS
-    from deploy.target import TARGETS
+    from pipeline.runtime.backends import BACKENDS as LOADERS
+    from pipeline.serving.target import TARGETS
     from pipeline.core.registry import BACKENDS, CRITERIA
     from pipeline.training.inc import KASP_CRITERIA
 

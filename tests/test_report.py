@@ -1,4 +1,4 @@
-"""The report stage and eval.compare, from hand-written metrics files (no models, no runtimes)."""
+"""The report stage and tools.diagnostics.compare, from hand-written metrics files (no models, no runtimes)."""
 import copy
 import json
 import shutil
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval import compare
-from eval.render import NA, table_rows
 from pipeline import report
 from pipeline.report import ReportInputError
+from pipeline.reporting.render import NA, table_rows
+from tools.diagnostics import compare
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics" / "details"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +62,7 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     assert f"- **student**: `{shipped['target']}` (auto: fastest within eval's tolerance" in md
     assert all(f"`{c['target']}` ({c['backend']})" in md for c in shipped["choice"]["candidates"])
     assert "**GAP > 15%**: student ov-int8 b32×s128" in md
-    assert "python -m eval.compare" in md
+    assert "python -m tools.diagnostics.compare" in md
     assert "always answering the majority class scores 0.6123" in md  # the baseline beside the scores
     assert "- Selection: teacher last, student n/a" in md  # the fixture's prune.json predates selection
     assert table_line(capsys.readouterr().out, "student", "ov-int8") == line
@@ -257,7 +257,7 @@ def test_labels_of_nearly_coincident_points_do_not_overlap():
 
     from matplotlib.text import Text
 
-    from eval.render import TPUT as T, _pyplot, accuracy_figure
+    from pipeline.reporting.render import TPUT as T, _pyplot, accuracy_figure
 
     backends = ("ov-int8", "torch-fp32", "ov-fp32", "ort-fp32", "ort-int8")
     rows = [{"model": "student", "backend": b, "score": 0.9018 + i * 1e-5, T: 85.0 + i * 0.4}
@@ -274,7 +274,7 @@ def test_labels_of_nearly_coincident_points_do_not_overlap():
 
 
 def test_unrecorded_precision_is_said_not_assumed():
-    from eval.ran import what_ran
+    from pipeline.reporting.ran import what_ran
 
     row = {"model": "student", "backend": "ov-bf16", "precision": "bf16", "provider": "openvino-CPU"}
     ran = what_ran(row, [], fixture("compile")["models"]["student"], ["amx_bf16"])
@@ -283,7 +283,7 @@ def test_unrecorded_precision_is_said_not_assumed():
 
 
 def test_compare_reads_the_details_beside_a_headline_file(tmp_path):
-    """`python -m eval.compare A/metrics/bench.json B/metrics/bench.json` as the README says: the rows
+    """`python -m tools.diagnostics.compare A/metrics/bench.json B/metrics/bench.json` as the README says: the rows
     live in metrics/details/bench.json, and the headline file names it."""
     (tmp_path / "metrics" / "details").mkdir(parents=True)
     shutil.copy(FIXTURES / "bench.json", tmp_path / "metrics" / "details" / "bench.json")
@@ -294,7 +294,7 @@ def test_compare_reads_the_details_beside_a_headline_file(tmp_path):
 
 
 def test_the_report_leads_with_the_student_against_its_teacher_on_the_same_runtime():
-    from eval.render_gain import headline, render_gain
+    from pipeline.reporting.render_gain import headline, render_gain
 
     def row(model, backend, tput, p50, gz, score, vs_torch):
         return {"model": model, "backend": backend, "throughput_seq_per_s": tput, "latency_ms_p50": p50,

@@ -1,4 +1,4 @@
-"""deploy.server: every element checked before batching, 4xx (never 5xx) for bad requests, a failure in a
+"""pipeline.serving.server: every element checked before batching, 4xx (never 5xx) for bad requests, a failure in a
 batch kept to its own request, readiness, the Batcher, and a bounded 200-request concurrent load test whose
 answers equal the bundle runner's. The real-client (tritonclient) conformance tests: test_server_conformance.py."""
 import asyncio
@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from deploy.server import LIMITS, Batcher
-from deploy.v2request import BadRequest, decode, texts
-from eval import loadtest
+from pipeline.serving.server import LIMITS, Batcher
+from pipeline.serving.v2request import BadRequest, decode, texts
 from tests.conftest import ROOT
 from tests.serving import served, text_bundle  # noqa: F401  (fixtures)
+from tools.diagnostics import loadtest
 
 
 def test_texts_accepts_texts_and_pairs():
@@ -144,8 +144,8 @@ READINESS = """
 import asyncio
 from pathlib import Path
 from kserve.model_repository import ModelRepository
-from deploy.server import LIMITS, Batcher, make_model
-from deploy.v2app import BundleDataPlane
+from pipeline.serving.server import LIMITS, Batcher, make_model
+from pipeline.serving.v2app import BundleDataPlane
 
 model = make_model(Path("unused"), "student", LIMITS, 1)  # not loaded: not ready
 model.batcher = Batcher(None, 1, 0.0)
@@ -170,7 +170,7 @@ print(seen)
 def test_readiness_follows_the_model_and_the_batching_loop():
     """Before issue 27 /v2/health/ready said true after the model was unloaded (kserve's DataPlane.ready is
     always True without a predictor host). In its own process: kserve's protobuf module and
-    tritonclient.grpc's (deploy.repository) register the same names and cannot share one."""
+    tritonclient.grpc's (pipeline.serving.repository) register the same names and cannot share one."""
     res = subprocess.run([sys.executable, "-c", READINESS], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-2000:]
@@ -187,7 +187,7 @@ def infer(url, body, **kw):
 
 
 def test_health_metadata_and_an_answer_equal_to_the_runner(server):
-    from deploy.runner import Bundle
+    from pipeline.serving.runner import Bundle
 
     url, bundle = server
     assert httpx.get(f"{url}/v2/health/live").status_code == 200

@@ -1,4 +1,4 @@
-"""deploy.server as real clients see it (issue 27): tritonclient.http in binary-data and JSON modes, async
+"""pipeline.serving.server as real clients see it (issue 27): tritonclient.http in binary-data and JSON modes, async
 infer, errors as InferenceServerException with the server's message; raw HTTP for each malformed request
 the issue lists; a property test of random good and bad requests sent together; a 1,000-request load test
 with bad requests mixed in. One server process (tests/serving.py) on 127.0.0.1 serves them all."""
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from deploy.runner import Bundle
+from pipeline.serving.runner import Bundle
 from tests.conftest import demo_rows
 from tests.serving import LABELS, MAX_LENGTH, served, text_bundle  # noqa: F401  (fixtures)
 

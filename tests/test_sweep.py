@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval.sweep_render import levels, pareto, point_row, render, winners
 from pipeline import sweep, sweep_report
 from pipeline.core.params import ParamsError, load_section
 from pipeline.core.schema import SWEEP_STAGES
+from pipeline.reporting.sweep_render import levels, pareto, point_row, render, winners
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +119,7 @@ def test_pareto_and_winners():
 
 
 def test_front_uses_each_backends_own_score_and_skips_the_teacher():
-    from eval.sweep_render import front
+    from pipeline.reporting.sweep_render import front
 
     def r(point, score, tput, own=None, method="unstructured"):
         return {"point": point, "method": method, "score": score,
@@ -254,7 +254,7 @@ def test_sweep_points_and_report(built, tmp_path):
 
 
 def test_methods_fall_in_sparsebert_groups():
-    from eval.sweep_render import category
+    from pipeline.reporting.sweep_render import category
 
     assert [category(m) for m in ("dense teacher", "layer-drop", "structured+slim", "unstructured", "N:M 2:4",
                                   "block 4x1", "layer-drop + unstructured")] == [

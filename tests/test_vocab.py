@@ -101,7 +101,7 @@ def test_a_trimmed_student_passes_prune_export_and_compile(trained, tmp_path):
 
 
 def test_the_report_says_the_vocabulary_was_trimmed_beside_the_size():
-    from eval.render_gain import render_gain
+    from pipeline.reporting.render_gain import render_gain
 
     def row(model, tput, gz, score):
         return {"model": model, "backend": "ov-int8", "throughput_seq_per_s": tput, "latency_ms_p50": 1.0,

@@ -1,8 +1,8 @@
-"""Runtime backends and pruning criteria, declared once. Each entry says what eval and bench load (deploy.backends builds the
-loader from it), which compiled artifact it runs and whose size the report shows, and the deploy target
-that ships it. Data only: validation imports this without importing a runtime.
+"""Runtime backends and pruning criteria, declared once. Each entry says what eval and bench load
+(pipeline.runtime.backends builds the loader from it), which compiled artifact it runs and whose size the
+report shows, and the deploy target that ships it. Data only: validation imports this without importing a runtime.
 
-Adding a backend: one entry here, plus its loader code in deploy.backends when its runtime is new.
+Adding a backend: one entry here, plus its loader code in pipeline.runtime.backends when its runtime is new.
 """
 from __future__ import annotations
 

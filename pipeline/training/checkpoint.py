@@ -39,8 +39,9 @@ def load_checkpoint(ckpt_dir: Path, fp: str, remove_stale: bool = True) -> dict 
 def run_fingerprint(stage: str, p: dict, data_dir: Path, *extra) -> str:
     """What a checkpoint must match to be resumed: the stage's params, the tokenized data bytes and
     the training code. Anything else changed means the saved progress belongs to another run."""
-    pkg = Path(__file__).resolve().parents[1]  # all of pipeline/: stages, core and training
-    code = {str(f.relative_to(pkg)): sha256_file(f) for f in sorted(pkg.rglob("*.py"))}
+    pkg = Path(__file__).resolve().parents[1]  # pipeline/: its stages, core and training
+    files = [*pkg.glob("*.py"), *(pkg / "core").rglob("*.py"), *(pkg / "training").rglob("*.py")]
+    code = {str(f.relative_to(pkg)): sha256_file(f) for f in sorted(files)}
     data = {s: sha256_file(Path(data_dir) / f"{s}.safetensors") for s in ("train", "eval")}
     return fingerprint(stage, p, data, code, *extra)
 

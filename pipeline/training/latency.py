@@ -76,15 +76,15 @@ class _Compiled:
         self.backend, self.threads, self.work = backend, threads, work
 
     def build(self, config, layers: list[dict], vocab: int):
-        from export.onnx import export_torch
+        from pipeline.onnx_export.onnx import export_torch
 
         self.work.mkdir(parents=True)
         onnx_path = export_torch(random_model(config, layers), self.work, 18)
         return self._ov(onnx_path, vocab) if self.backend == "ov-int8" else self._ort(onnx_path)
 
     def _ov(self, onnx_path: Path, vocab: int):
-        from deploy import openvino as dov
-        from eval.harness import synthetic_feed
+        from pipeline.runtime import openvino as dov
+        from pipeline.timing.harness import synthetic_feed
 
         calib = [synthetic_feed(1, 32, vocab, s) for s in range(4)]
         xml = onnx_path.with_name("int8.xml")
@@ -95,7 +95,7 @@ class _Compiled:
         return lambda feed: request.infer(feed, share_inputs=True)
 
     def _ort(self, onnx_path: Path):
-        from deploy.ort import make_session, quantize_dynamic_int8
+        from pipeline.runtime.ort import make_session, quantize_dynamic_int8
 
         int8 = onnx_path.with_name("int8.onnx")
         quantize_dynamic_int8(onnx_path, int8)
@@ -108,7 +108,7 @@ def time_all(runners: list, feeds: dict, progress=print) -> list[dict]:
     """Per runner, per shape: the fastest of ROUNDS medians. A round times every model once, in
     alternating order, so a burst of load from elsewhere on the machine (it only ever adds time)
     slows one round of a model, minutes apart from its others."""
-    from eval.harness import time_loop
+    from pipeline.timing.harness import time_loop
 
     medians = [{name: [] for name in feeds} for _ in runners]
     for k in range(ROUNDS):
@@ -135,7 +135,7 @@ def measure(config, backend: str, shapes: list[list[int]], threads: int, progres
     """Time every row of plan_rows; {"key", "rows": [{layers, heads, ffn, [check], ms: {b..xs..: ms}}]}."""
     import torch
 
-    from eval.harness import synthetic_feed
+    from pipeline.timing.harness import synthetic_feed
 
     if backend not in RUNTIMES:
         raise KeyError(f"latency tables time {', '.join(RUNTIMES)}; got {backend!r}")
@@ -182,7 +182,7 @@ def time_structure(config, backend: str, shapes: list[list[int]], threads: int, 
     """One structure timed as the table times its models ({shape name: ms}), cached beside the tables."""
     import torch
 
-    from eval.harness import synthetic_feed
+    from pipeline.timing.harness import synthetic_feed
 
     key = {**table_key(base_shape(config), backend, shapes, threads), "layers": layers}
     path = cache_dir() / f"{backend}-{key_digest(key)}-structure.json"

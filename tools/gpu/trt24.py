@@ -25,7 +25,7 @@ def models(shape: str, work: Path) -> dict:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from export.onnx import export_torch
+    from pipeline.onnx_export.onnx import export_torch
     from pipeline.training.sparsity import encoder_linears, enforce_n_m
 
     torch.manual_seed(0)
@@ -43,8 +43,8 @@ def models(shape: str, work: Path) -> dict:
 
 
 def time_one(path: Path, sparse: bool, seq: int, engines: Path) -> dict:
-    from deploy.ort import make_session
-    from eval.harness import summarize, synthetic_feed, time_loop
+    from pipeline.runtime.ort import make_session
+    from pipeline.timing.harness import summarize, synthetic_feed, time_loop
 
     trt = {"trt_fp16_enable": True, "trt_sparsity_enable": sparse, "trt_engine_cache_enable": True,
            "trt_engine_cache_path": str(engines)}
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--out", type=Path, default=Path("trt24.json"))
     args = ap.parse_args(argv)
-    from deploy.ort import check_available
+    from pipeline.runtime.ort import check_available
 
     check_available(["tensorrt"], allow_fallback=False, key="tools/gpu/trt24.py")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ Two wire forms, told apart the way tritonclient sends them (with or without a Co
   4-byte little-endian length and that many UTF-8 bytes.
 
 `decode` turns either into a Request, every BYTES element a str, or raises BadRequest naming the fault
-(the header, the input, the element index); deploy/v2app.py hands it to kserve as an InferRequest.
+(the header, the input, the element index); pipeline/serving/v2app.py hands it to kserve as an InferRequest.
 `texts` then checks what the model needs: the input names, datatype, shape, count and each text (a
 string, UTF-8, no NUL, not too long).
 kserve's own decoder is not used for bodies: it answers a bad length prefix or non-UTF-8 bytes with a
@@ -20,7 +20,7 @@ import json
 import struct
 from dataclasses import dataclass
 
-from deploy.runner import text_problem
+from pipeline.serving.runner import text_problem
 
 HEADER_LENGTH = "inference-header-content-length"
 PREFIX = struct.Struct("<I")

@@ -1,15 +1,15 @@
 """Serve a kasp bundle over the KServe v2 / Open Inference protocol with kserve's data plane.
 
-    python -m deploy.server BUNDLE [--name student] [--host 127.0.0.1] [--port 8080]
+    python -m pipeline.serving.server BUNDLE [--name student] [--host 127.0.0.1] [--port 8080]
 
     POST /v2/models/<name>/infer  {"inputs": [{"name": "text", "shape": [n], "datatype": "BYTES", "data": [...]},
                                               {"name": "text_pair", ...}]}   # text_pair for pair tasks
          -> outputs "logits" (FP32 [n, k]) and, for classifiers, "label" (BYTES [n]); response parameters
             "tokens" (tokens kept per text), "truncated" and "empty" (indices of such texts), comma-separated
     JSON or the binary-data extension, with or without Content-Type (tritonclient's JSON mode sends none).
-    The other routes (health, metadata, config, versions, statistics, repository index): deploy/v2app.py.
+    The other routes (health, metadata, config, versions, statistics, repository index): pipeline/serving/v2app.py.
 
-Every element is checked before it joins a batch (deploy/v2request.py): a wrong tensor name, datatype
+Every element is checked before it joins a batch (pipeline/serving/v2request.py): a wrong tensor name, datatype
 or shape, an empty batch, more than --max-texts texts, a text over --max-chars characters, a non-string,
 a lone surrogate, a NUL, a bad binary length, a body shorter or longer than it declares, or a body over
 --max-body-bytes is a 4xx naming the input and element. Concurrent requests are batched: they wait up to
@@ -18,7 +18,7 @@ reuses one infer request). If a batch fails, each of its requests is run again a
 reaches only the request that caused it.
 
 It binds 127.0.0.1 unless told otherwise (kserve 0.21's servers bind 0.0.0.0 with no option: see
-deploy/v2app.py for what is used of kserve and why). Model control (load/unload) is off.
+pipeline/serving/v2app.py for what is used of kserve and why). Model control (load/unload) is off.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
-from deploy.v2request import BadRequest, texts as check_texts
+from pipeline.serving.v2request import BadRequest, texts as check_texts
 
 LOOPBACK = "127.0.0.1"
 log = logging.getLogger("kserve")  # kserve's logger, by name: importing kserve here would load its protobufs
@@ -121,8 +121,8 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    from deploy.runner import Bundle
-    from deploy.v2app import VERSION, Stats
+    from pipeline.serving.runner import Bundle
+    from pipeline.serving.v2app import VERSION, Stats
 
     class BundleModel(kserve.Model):
         def load(self) -> bool:
@@ -233,13 +233,13 @@ def body_limit(app, max_bytes: int):
 
 
 def serve(bundle: Path, name: str, host: str, port: int, limits: dict, threads: int | None) -> None:
-    """One model behind kserve's data plane, served by uvicorn on `host` (see deploy/v2app.py for why not
+    """One model behind kserve's data plane, served by uvicorn on `host` (see pipeline/serving/v2app.py for why not
     kserve's ModelServer/RESTServer)."""
     import uvicorn
     from kserve.logging import configure_logging
     from kserve.model_repository import ModelRepository
 
-    from deploy.v2app import BundleDataPlane, make_app
+    from pipeline.serving.v2app import BundleDataPlane, make_app
 
     configure_logging()
     registry = ModelRepository()
@@ -251,7 +251,7 @@ def serve(bundle: Path, name: str, host: str, port: int, limits: dict, threads: 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deploy.server", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.serving.server", description=__doc__.split("\n")[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--name", help="model name in the URL (default: the bundle's model)")
     ap.add_argument("--host", default=LOOPBACK, help="bind address (default loopback only)")
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
         ap.error(f"limits must be > 0: {', '.join(bad)}")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be >= 1, got {args.threads}")
-    from deploy.runner import verify
+    from pipeline.serving.runner import verify
 
     name = args.name or verify(args.bundle).get("model", args.bundle.name)
     serve(args.bundle, name, args.host, args.port, {k: getattr(args, k) for k in LIMITS}, args.threads)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.runner import INPUTS as TOKEN_OUTPUTS, TEXT_INPUTS
+from pipeline.serving.runner import INPUTS as TOKEN_OUTPUTS, TEXT_INPUTS
 
 
 class TokenizerConversionError(RuntimeError):

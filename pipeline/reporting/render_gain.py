@@ -2,8 +2,8 @@
 runtime and precision (so INT8 or OpenVINO alone buys nothing here), then against the PyTorch FP32 teacher."""
 from __future__ import annotations
 
-from deploy.target import TARGETS
-from eval.render import NA, TPUT
+from pipeline.reporting.render import NA, TPUT
+from pipeline.serving.target import TARGETS
 
 
 def _x(v) -> str:

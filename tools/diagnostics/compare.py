@@ -1,6 +1,6 @@
 """Put runs side by side: two or more metrics/bench.json, or two or more metrics/eval.json.
 
-    python -m eval.compare A/bench.json B/bench.json [C/bench.json ...] [--out cmp.md] [--strict]
+    python -m tools.diagnostics.compare A/bench.json B/bench.json [C/bench.json ...] [--out cmp.md] [--strict]
 
 Rows align on (model, backend, batch, seq_len, streams) for bench files and (model, backend) for
 eval files; every later file is compared with the first (A): throughput ratio X/A for bench, score
@@ -19,7 +19,7 @@ import string
 import sys
 from pathlib import Path
 
-from eval.render import NA
+from pipeline.reporting.render import NA
 
 KEYS = {"bench": ("model", "backend", "batch", "seq_len", "streams"), "eval": ("model", "backend")}
 ROW_FIELDS = {"bench": ("precision", "inference_precision", "threads", "provider"),
@@ -166,7 +166,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.diagnostics.compare", description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="two or more bench.json, or two or more eval.json; the first is A")
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--strict", action="store_true", help="exit 1 when anything was flagged")

@@ -1,12 +1,12 @@
 """Run a kasp edge bundle with only the runtime wheels its requirements.txt names (no torch, no kasp).
 
     python runner.py --text "great sound" [--pair "second sentence"]      # from inside the bundle folder
-    python -m deploy.runner BUNDLE --jsonl rows.jsonl                     # rows: {"text": ..., "text_pair": ...}
+    python -m pipeline.serving.runner BUNDLE --jsonl rows.jsonl           # rows: {"text": ..., "text_pair": ...}
     # each answer is one JSON line: its input line number, the answer, tokens kept and before truncation,
     # truncated, empty (docs/serving.md); a bad argument or JSONL line is an error naming it, nothing scored
-    python -m deploy.runner BUNDLE --show-info                            # manifest (minus hashes), load time
+    python -m pipeline.serving.runner BUNDLE --show-info                  # manifest (minus hashes), load time
 
-    from deploy.runner import Bundle
+    from pipeline.serving.runner import Bundle
     Bundle("bundle/").predict(["great sound"])  # [{"label": "positive", "probs": {...}}] or [{"score": 0.7}]
 
 A bundle is one of three engines, named in manifest.json: `openvino-text` (the tokenizer fused into
@@ -167,7 +167,8 @@ def _openvino_text(root: Path, config: dict, max_length: int, device: str, threa
     def run(texts, pairs):
         return np.array(request.infer(feed(texts, pairs))[compiled.output(0)], dtype=np.float32)  # a copy: reused
 
-    counter = []  # built at the first count: predict() alone (e.g. eval.startup's first answer) never pays for it
+    # built at the first count: predict() alone (e.g. tools.diagnostics.startup's first answer) never pays for it
+    counter = []
 
     def count(texts, pairs):
         if not counter:

@@ -27,7 +27,7 @@ class Runner:
         primitives at the first inference, so counting before that finds none."""
         if self.compiled is None:
             return {}
-        from deploy.openvino import sparse_fc_count
+        from pipeline.runtime.openvino import sparse_fc_count
 
         return {"sparse_fc_layers": sparse_fc_count(self.compiled)}
 
@@ -56,7 +56,7 @@ def _torch_fp32(paths: ModelPaths, threads: int, streams: int) -> Runner:
 
 def _ort(precision: str):
     def load(paths: ModelPaths, threads: int, streams: int) -> Runner:
-        from deploy.ort import make_session
+        from pipeline.runtime.ort import make_session
 
         ort_cfg = read_json(paths.compiled_dir / "ort_config.json")
         path = paths.onnx if precision == "fp32" else paths.compiled_dir / "int8.onnx"
@@ -76,7 +76,7 @@ def _ort(precision: str):
 def ov_config(compile_config: dict, xml: str, hint: str | None, sparse: bool) -> dict:
     """The compile stage's configuration for one IR: hint None keeps its precision; the sparse rate
     applies to the INT8 IR only, and only when `sparse`. Bench, eval and deploy bundles share it."""
-    from deploy.openvino import SPARSE_RATE_KEY
+    from pipeline.runtime.openvino import SPARSE_RATE_KEY
 
     config = dict(compile_config)
     if hint:
@@ -89,7 +89,7 @@ def ov_config(compile_config: dict, xml: str, hint: str | None, sparse: bool) ->
 def _ov(xml: str, hint: str | None, sparse: bool):
     """hint None: the compile stage's configuration (INT8 IR); sparse False drops the sparse rate."""
     def load(paths: ModelPaths, threads: int, streams: int) -> Runner:
-        from deploy import openvino as dov
+        from pipeline.runtime import openvino as dov
 
         config = ov_config(read_json(paths.compiled_dir / "compile_config.json"), xml, hint, sparse)
         config.update({"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": str(streams),

@@ -1,4 +1,4 @@
-"""The HTTP face of deploy.server: a FastAPI app over kserve's DataPlane and V2Endpoints, with only the
+"""The HTTP face of pipeline.serving.server: a FastAPI app over kserve's DataPlane and V2Endpoints, with only the
 routes one fixed bundle needs.
 
 Why not kserve's RESTServer: in kserve 0.21 it binds 0.0.0.0 with no option and registers, besides the
@@ -33,7 +33,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from starlette.exceptions import HTTPException
 
-from deploy.v2request import HEADER_LENGTH, BadRequest, Request as WireRequest, decode
+from pipeline.serving.v2request import HEADER_LENGTH, BadRequest, Request as WireRequest, decode
 
 VERSION = "1"  # a server holds one bundle: one version
 MAX_LOGGED = 300  # characters of an error message in the log

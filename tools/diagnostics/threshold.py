@@ -3,7 +3,7 @@ threshold would give. A diagnostic that chooses nothing: the best threshold here
 set it is scored on, so it is a ceiling for prune.calibrate (which fits on held-out train rows), never
 a model to ship.
 
-    python -m eval.threshold MODEL_DIR [MODEL_DIR ...] --data DATA_DIR [--held-out 0.1 --held-seed 42]
+    python -m tools.diagnostics.threshold MODEL_DIR [MODEL_DIR ...] --data DATA_DIR [--held-out 0.1 --held-seed 42]
 
 With --held-out, each model also gets prune.calibrate's shift (which maximises the task's headline score;
 best_threshold maximises accuracy) fitted on that seeded share of train, the split `selection_split`
@@ -64,7 +64,8 @@ def main(argv=None) -> list[dict]:
 
     meta, train, dev = load_inputs(args.data)
     if meta["problem_type"] != "classification" or meta["num_labels"] != 2:
-        raise SystemExit(f"{args.data}: eval.threshold needs a two-class task, not {meta['num_labels']} label(s)")
+        raise SystemExit(f"{args.data}: tools.diagnostics.threshold needs a two-class task, "
+                         f"not {meta['num_labels']} label(s)")
     out = []
     for d in args.models:
         model = load_trained(d).eval()

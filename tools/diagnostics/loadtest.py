@@ -1,7 +1,7 @@
-"""Load test of a bundle behind deploy.server: N concurrent v2 infer requests over loopback, each
+"""Load test of a bundle behind pipeline.serving.server: N concurrent v2 infer requests over loopback, each
 answer checked against the bundle runner's answer for the same text.
 
-    python -m eval.loadtest bundles/student --rows data/tokenized/eval.jsonl --requests 1000 [--out F]
+    python -m tools.diagnostics.loadtest bundles/student --rows data/tokenized/eval.jsonl --requests 1000 [--out F]
 
 The server runs in its own process on a free 127.0.0.1 port and is stopped at the end. Traffic goes
 only to loopback, the count is fixed and the whole run is bounded by --timeout-s. Records: errors
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.server import LOOPBACK as HOST
+from pipeline.serving.server import LOOPBACK as HOST
 
 
 def free_port() -> int:
@@ -41,13 +41,14 @@ def start_server(bundle: Path, name: str, port: int, threads: int | None, timeou
     """The server in its own process; its log goes to a file (a pipe nobody reads would fill and stall it)."""
     import httpx
 
-    cmd = [sys.executable, "-m", "deploy.server", str(bundle), "--name", name, "--host", HOST, "--port", str(port)]
+    cmd = [sys.executable, "-m", "pipeline.serving.server", str(bundle), "--name", name, "--host", HOST,
+           "--port", str(port)]
     proc = subprocess.Popen(cmd + (["--threads", str(threads)] if threads else []), stdout=log, stderr=log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError(f"deploy.server exited with {proc.returncode}: {log.read()[-2000:]}")
+            raise RuntimeError(f"pipeline.serving.server exited with {proc.returncode}: {log.read()[-2000:]}")
         try:
             if httpx.get(f"http://{HOST}:{port}/v2/health/ready", timeout=1).status_code == 200:
                 return proc
@@ -55,7 +56,7 @@ def start_server(bundle: Path, name: str, port: int, threads: int | None, timeou
             pass
         time.sleep(0.2)
     proc.kill()
-    raise TimeoutError(f"deploy.server not ready on {HOST}:{port} within {timeout_s} s")
+    raise TimeoutError(f"pipeline.serving.server not ready on {HOST}:{port} within {timeout_s} s")
 
 
 async def fire(url: str, rows: list, concurrency: int, timeout_s: float) -> list[dict]:
@@ -85,7 +86,7 @@ def logits_of(body: dict) -> np.ndarray:
 
 def run(bundle: Path, rows: list, requests: int, concurrency: int, threads: int | None = None,
         timeout_s: float = 300, atol: float = 1e-2) -> dict:
-    from deploy.runner import Bundle
+    from pipeline.serving.runner import Bundle
 
     rows = [rows[i % len(rows)] for i in range(requests)]
     runner = Bundle(bundle, threads=threads)
@@ -117,7 +118,7 @@ def run(bundle: Path, rows: list, requests: int, concurrency: int, threads: int 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.loadtest", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.diagnostics.loadtest", description=__doc__.split("\n")[0])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--rows", type=Path, required=True,
                     help="JSONL with text (and text_pair) per line, e.g. the data stage's eval.jsonl")

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.harness import BASELINE, GAP, UNSTABLE
-from eval.labels import place_labels
-from eval.ran import hardware, what_ran
 from pipeline.core.registry import BACKENDS
+from pipeline.reporting.labels import place_labels
+from pipeline.reporting.ran import hardware, what_ran
+from pipeline.timing.harness import BASELINE, GAP, UNSTABLE
 
 NA = "n/a"
 # the file whose size a backend's row shows (torch runs the weights of the FP32 ONNX), from the registry
 SIZE_KEY = {name: b.size_key for name, b in BACKENDS.items()}
-SPARSE = "sparse kernel"  # the fc_reasons key deploy.openvino.fc_report gives layers on the sparse kernel
+SPARSE = "sparse kernel"  # the fc_reasons key pipeline.runtime.openvino.fc_report gives layers on the sparse kernel
 TPUT = "throughput_seq_per_s"
 DPI = 110
 
@@ -51,7 +51,7 @@ def _mb(n):
 
 def table_rows(teacher, prune, compile_, eval_, bench, latency_shape, throughput_shape) -> list[dict]:
     """One row per (model, backend) that eval scored, in eval's order, with the precision and provider
-    that ran (eval.ran), not the ones the backend's name asks for."""
+    that ran (pipeline.reporting.ran), not the ones the backend's name asks for."""
     cells, base = bench_cells(bench), bench.get("baseline") or BASELINE
     lat, tput = tuple(latency_shape), tuple(throughput_shape)
     isa = hardware(bench).get("isa") or []
@@ -208,7 +208,8 @@ def render_markdown(rows: list[dict], ctx: dict) -> str:
               f"- Selection: teacher {ctx['selection']['teacher']}, student {ctx['selection']['student']} (last epoch, or best on "
               f"a split of train){ctx['calibration']}: the dev set scored here chose no model. "
               "A model's backends compare on equal terms.",
-              "- Compare runs, experiments or machines with `python -m eval.compare A/bench.json B/bench.json` "
+              "- Compare runs, experiments or machines with "
+              "`python -m tools.diagnostics.compare A/bench.json B/bench.json` "
               "(it refuses to put a ratio on pairs that differ in precision, threads, hardware or versions).", ""]
     return "\n".join(parts)
 
@@ -223,7 +224,7 @@ def _pyplot():
 
 
 def accuracy_figure(rows: list[dict], shape=None):
-    """Score against throughput, one marker per model, every point labelled legibly (eval.labels);
+    """Score against throughput, one marker per model, every point labelled legibly (pipeline.reporting.labels);
     returned open: plot_accuracy_vs_throughput saves and closes it."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=DPI)  # the saving dpi: labels are placed in its pixels

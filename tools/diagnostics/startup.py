@@ -2,7 +2,7 @@
 model through PyTorch + transformers. Each measurement is a fresh process (imports included, as a
 user pays them): wall time to the first prediction and peak resident memory, median of --runs.
 
-    python -m eval.startup bundles/student models/student [--runs 5]
+    python -m tools.diagnostics.startup bundles/student models/student [--runs 5]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TEXT = "The battery life was better than I expected, but the screen is dim."
 RUNNER = """
 import json, resource, time
 t0 = time.perf_counter()
-from deploy.runner import Bundle
+from pipeline.serving.runner import Bundle
 b = Bundle({bundle!r}, threads={threads})
 out = b.predict([{text!r}])
 t1 = time.perf_counter()

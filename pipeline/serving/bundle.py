@@ -10,8 +10,8 @@ import shutil
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from deploy import runner
 from pipeline.core.common import atomic_dir, sha256_file, write_json
+from pipeline.serving import runner
 
 PROBLEM_TYPES = ("classification", "regression")
 # engine -> the wheels runner.py imports for it (numpy always)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from eval.render import NA, TPUT, _pyplot, bench_cells, bench_value, fmt
+from pipeline.reporting.render import NA, TPUT, _pyplot, bench_cells, bench_value, fmt
 
 TEACHER = "dense teacher"
 CATEGORIES = ("Without pruning", "Structural pruning", "Sparse pruning", "Structural + sparse")  # SparseBERT's groups

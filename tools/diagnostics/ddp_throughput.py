@@ -3,7 +3,7 @@ run: the launches alternate (1, N, 1, N, ...) so drift on the machine hits both 
 is the ratio of the median `train_samples_per_s` each launch's metrics/prune.json records (training
 steps only: no start-up, cache build or evaluation).
 
-    python -m eval.ddp_throughput params.yaml [--nproc 2] [--rounds 2] [--out FILE]
+    python -m tools.diagnostics.ddp_throughput params.yaml [--nproc 2] [--rounds 2] [--out FILE]
 
 Each launch writes under a scratch folder beside the params file (`.ddp_throughput/`, removed after).
 A benchmark, not a test: run it on a quiet machine; the CPU is recorded.
@@ -49,7 +49,7 @@ def scratch_params(base: Path, scratch: Path, nproc: int) -> Path:
 def run(base: Path, nproc: int, rounds: int) -> dict:
     scratch = base.parent / ".ddp_throughput"
     got = {1: [], nproc: []}
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     try:
         for _ in range(rounds):
             for n in (1, nproc):

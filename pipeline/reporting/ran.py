@@ -3,7 +3,7 @@
 A backend's name asks for a precision, and onnxruntime is asked for providers; the runtime may run
 something else: OpenVINO runs an FP32 IR in f32 when asked for bf16 on a CPU without bf16, and
 onnxruntime with allow_fallback runs on the CPU when CUDA does not load. Eval and bench rows record
-what ran (deploy.backends Runner.info); compile.json records what onnxruntime was asked for. Pure
+what ran (pipeline.runtime.backends Runner.info); compile.json records what onnxruntime was asked for. Pure
 functions of those parsed files; a value a row does not record is None, never guessed.
 """
 from __future__ import annotations

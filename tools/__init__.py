@@ -1,0 +1,1 @@
+"""Tools run by hand, outside the DVC pipeline: diagnostics/ and gpu/."""
