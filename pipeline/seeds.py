@@ -1,6 +1,12 @@
 """Stage `seeds`: one prune recipe over several seeds and sparsities, summarised as mean, std, min, max.
 
     python -m pipeline.seeds [params.yaml]          # reads the `seeds` section (and the base prune section)
+    python -m pipeline.seeds --from-exps [params.yaml]   # the root project's seeds run as DVC experiments
+
+The root project runs its seeds as DVC experiments (`dvc exp run --queue prune -S 'prune.speedup=null'
+-S '++prune.seed=0,1,2' -S 'prune.target_sparsity=0.9,0.95'`, `dvc queue start`): DVC reruns only prune,
+`dvc exp show` lists them, and --from-exps summarises them into the same metrics/seeds.json. Profiles
+(params files DVC does not know) and seeds.overrides' own distillation rows use the runs below.
 
 MRPC dev has 408 pairs, so one pair is 0.25 accuracy points and a single seed's difference under about
 a point is noise: an accuracy claim is a mean over seeds. Each run (a target sparsity and a seed) gets
@@ -16,12 +22,14 @@ was trained with, so an interrupted set of seeds picks up where it stopped. Outp
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from pipeline.core.common import Timer, details_path, read_json, sha256_file, write_metrics
+from pipeline.core.exps import describe, differing, effective, experiments, repo_root
 from pipeline.core.params import (ParamsError, load_section, metrics_dir, percent, percent_key, upstream_dir,
                                   validate, validated)
 from pipeline.core.runs import relocate, run_stage, write_params
@@ -73,8 +81,13 @@ def run_record(m: dict, seed: int, rdoc: dict, verified: bool) -> dict:
     on its params alone (seeds.reuse: params): its data, teacher and code were not checked. train_rows
     is the base run's data unless the run distilled on rows of its own (max_train_samples null: all)."""
     rows = {k: rdoc["data"][k] for k in STUDENT_DATA} if owns_data(rdoc) else "base"
+    return record(m, seed, rows, rdoc["prune"]["epochs"], verified)
+
+
+def record(m: dict, seed: int, rows: dict | str, epochs: int | None, verified: bool) -> dict:
+    """One run's record from its prune details (m); epochs: the params' (m's own when it states them)."""
     return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
-            "epochs": m.get("epochs", rdoc["prune"]["epochs"]), "steps": m["steps"], "train_rows": rows,
+            "epochs": m.get("epochs", epochs), "steps": m["steps"], "train_rows": rows,
             **{k: m[k] for k in KEYS if k in m}, **paired(m, "tail_average", "last_step_scores", "last_step"),
             **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"), "selection": m["selection"],
             "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],
@@ -104,6 +117,12 @@ def summarize(runs: list[dict]) -> dict:
                             "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
         out[f"{s:g}"] = stats
     return out
+
+
+def print_summary(summary: dict) -> None:
+    for s, st in summary.items():
+        print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st
+                                          if k.startswith("delta_")) + f" over {st['n']} seeds")
 
 
 def inputs_fingerprint(params: Path) -> str:
@@ -232,14 +251,94 @@ def main(params_path: str = "params.yaml") -> dict:
         if p["bench"]:
             stage_s += bench_runs(doc, runs, p, params_path)
     summary = summarize(runs)
-    for s, st in summary.items():
-        print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st
-                                          if k.startswith("delta_")) + f" over {st['n']} seeds")
+    print_summary(summary)
     return write_metrics("seeds", {"teacher": f"once: the base run's ({base['out_dir']}, seed {base['seed']})",
                                    "runs": runs, "summary": summary, "stage_wall_time_s": round(stage_s, 2),
                                    "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
                          ("teacher", "runs", "summary", "wall_time_s"))
 
 
+VARIED = ("prune.seed", "prune.target_sparsity")  # what seed experiments differ in (--from-exps)
+QUEUE = ("dvc exp run --queue prune -S 'prune.speedup=null' -S '++prune.seed=0,1,2' "
+         "-S 'prune.target_sparsity=0.9,0.95'")  # the root params.yaml's speed target planned no sparsity
+
+
+def from_exps(params_path: str = "params.yaml") -> dict:
+    """metrics/seeds.json from the DVC experiments of HEAD (QUEUE, then `dvc queue start`): each
+    finished one is a run, named by its experiment and rev; one
+    not finished (queued, running, failed) is listed under `missing`. Refused unless the experiments at one
+    sparsity differ only in prune.seed, and those at different sparsities only in prune keys (a sparsity's
+    own recipe, as seeds.overrides gives it, recorded in `per_sparsity`); a seed twice at one sparsity too."""
+    root = repo_root(params_path)
+    params = Path(params_path).resolve()
+    details = details_path(metrics_dir(params), "prune").relative_to(root).as_posix()
+    with Timer() as t:
+        exps = experiments(root, params.relative_to(root).as_posix(), details)
+    if not exps:
+        raise RuntimeError(f"{params_path}: no DVC experiment of HEAD; queue the seeds with `{QUEUE}`, "
+                           "then `dvc queue start`")
+    flat = {e["experiment"]: effective(e["params"]) for e in exps}
+    per_sparsity = check_exps(flat)
+    runs = [exp_run(e, flat[e["experiment"]]) for e in exps if e["metrics"] is not None]
+    missing = [{"experiment": e["experiment"], "rev": e["rev"], "state": e["state"],
+                **{k.split(".")[1]: flat[e["experiment"]][k] for k in VARIED}}
+               for e in exps if e["metrics"] is None]
+    return write_exps(params, runs, missing, per_sparsity, t.seconds)
+
+
+def check_exps(flat: dict[str, dict]) -> dict:
+    """Refuse experiments that are not seeds of one recipe (see from_exps); the prune keys that differ
+    between sparsities, as {key: {sparsity: value}}."""
+    outside = {k: v for k, v in differing(flat, VARIED).items() if not k.startswith("prune.")}
+    if outside:
+        raise RuntimeError("DVC experiments differ outside prune.seed and prune.target_sparsity: "
+                           f"{describe(outside)}; remove the odd ones (`dvc exp remove NAME`, "
+                           "`dvc queue remove --failed`) or summarise them apart")
+    groups: dict[float, dict[str, dict]] = {}
+    for name, d in flat.items():
+        groups.setdefault(d["prune.target_sparsity"], {})[name] = d
+    for sparsity, docs in groups.items():
+        if inside := differing(docs, VARIED):
+            raise RuntimeError(f"DVC experiments at prune.target_sparsity = {sparsity:g} differ in more than "
+                               f"prune.seed: {describe(inside)}; remove the odd ones (`dvc exp remove NAME`)")
+    keys = differing(flat, VARIED)
+    return {k: {f"{s:g}": next(iter(docs.values()))[k] for s, docs in sorted(groups.items())} for k in keys}
+
+
+def exp_run(e: dict, flat: dict) -> dict:
+    """One finished experiment's run record; its prune details must be its own (the stage ran)."""
+    m, seed, sparsity = e["metrics"], flat["prune.seed"], flat["prune.target_sparsity"]
+    if m.get("target_sparsity") != sparsity:
+        raise RuntimeError(f"DVC experiment {e['experiment']} ({e['rev']}): its metrics/details/prune.json "
+                           f"says target_sparsity {m.get('target_sparsity')}, its params {sparsity}; the prune "
+                           "stage did not run in it (`dvc exp run --queue prune ...` runs prune and its inputs)")
+    return {"experiment": e["experiment"], "rev": e["rev"],
+            **record(m, seed, "base", flat["prune.epochs"], True)}
+
+
+def write_exps(params: Path, runs: list[dict], missing: list[dict], per_sparsity: dict, seconds: float) -> dict:
+    count = Counter((r["target_sparsity"], r["seed"]) for r in runs)
+    if twice := [r for r in runs if count[r["target_sparsity"], r["seed"]] > 1]:
+        raise RuntimeError("DVC experiments repeat a seed at one sparsity (" + ", ".join(
+            f"{r['experiment']}: seed {r['seed']} at {r['target_sparsity']:g}" for r in twice)
+            + "); a mean counts each seed once: `dvc exp remove` the extra ones")
+    if not runs:
+        raise RuntimeError("no DVC experiment of HEAD has finished: " + ", ".join(
+            f"{x['experiment']} ({x['state']})" for x in missing) + "; run them with `dvc queue start`")
+    for x in missing:
+        print(f"[seeds] missing: {x['experiment']} ({x['rev']}, {x['state']}): seed {x['seed']} at "
+              f"{x['target_sparsity']:g} has no prune metrics and is not in the summary", flush=True)
+    summary = summarize(runs)
+    print_summary(summary)
+    teacher = "the experiments' shared data and teacher stages (dvc exp)"
+    return write_metrics("seeds", {"source": "dvc exp", "teacher": teacher,
+                                   "runs": runs, "missing": missing, "per_sparsity": per_sparsity,
+                                   "summary": summary, "wall_time_s": round(seconds, 2)},
+                         None, metrics_dir(params), ("source", "runs", "missing", "summary", "wall_time_s"))
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    if sys.argv[1:2] == ["--from-exps"]:
+        from_exps(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])
