@@ -41,13 +41,13 @@ def test_point_params_cover_the_stages_it_runs():
     assert "${sweep.out_dir}/${key}/params.yaml" in run["deps"] and "params" not in run
 
 
-def test_readme_extra_point_command_parses_and_validates(tmp_path):
-    """The README's `dvc exp run -S` example must get past Hydra (DVC's parser) and the schema."""
+def test_reference_extra_point_command_parses_and_validates(tmp_path):
+    """The reference's `dvc exp run -S` example must get past Hydra (DVC's parser) and the schema."""
     import re
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    example = re.search(r"-S '(\+sweep\.points\.[^']+)'", (ROOT / "README.md").read_text()).group(1)
+    example = re.search(r"-S '(\+sweep\.points\.[a-z][^']+)'", (ROOT / "docs/reference.md").read_text()).group(1)
     override = OverridesParser.create().parse_overrides([example])[0]
     name = override.key_or_group.split(".")[-1]
     path = tmp_path / "params.yaml"
