@@ -7,6 +7,7 @@ in the same run so every figure is also a ratio to it. Each result records what 
 Student OpenVINO INT8 cells listed in bench.crosscheck_shapes are re-timed by benchmark_app; a gap
 over 15% is reported. Output: metrics/bench.json.
 """
+
 from __future__ import annotations
 
 import gc
@@ -18,9 +19,13 @@ from pipeline.core.common import Timer, cpu_info, seed_everything, set_threads, 
 from pipeline.core.params import load_section, metrics_dir
 from pipeline.timing.harness import BASELINE, GAP
 
+
 def add_speedups(results: list[dict]) -> None:
-    base = {(r["batch"], r["seq_len"]): r["throughput_seq_per_s"] for r in results
-            if r["model"] == BASELINE["model"] and r["backend"] == BASELINE["backend"] and r["streams"] == 1}
+    base = {
+        (r["batch"], r["seq_len"]): r["throughput_seq_per_s"]
+        for r in results
+        if r["model"] == BASELINE["model"] and r["backend"] == BASELINE["backend"] and r["streams"] == 1
+    }
     for r in results:
         b = base.get((r["batch"], r["seq_len"]))
         r["speedup_vs_baseline"] = round(r["throughput_seq_per_s"] / b, 3) if b else None
@@ -30,8 +35,11 @@ def versus_teacher(results: list[dict]) -> dict:
     """What pruning bought: per backend timed for both, per shape, the teacher's p50 over the student's
     (the same runtime and precision, so only the model differs; at a fixed batch throughput is the
     inverse of latency). {"ov-int8": {"b32xs128": 3.1, ...}, ...}, one stream."""
-    p50 = {(r["model"], r["backend"], r["batch"], r["seq_len"]): r["latency_ms_p50"] for r in results
-           if r["streams"] == 1}
+    p50 = {
+        (r["model"], r["backend"], r["batch"], r["seq_len"]): r["latency_ms_p50"]
+        for r in results
+        if r["streams"] == 1
+    }
     out = {}
     for (model, backend, b, s), student in p50.items():
         teacher = p50.get(("teacher", backend, b, s))
@@ -53,7 +61,14 @@ def versus_torch(results: list[dict]) -> dict:
 
 def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab: int, bar) -> list[dict]:
     from pipeline.runtime.backends import load
-    from pipeline.timing.harness import async_streams, settled, stability, summarize, synthetic_feed, time_loop
+    from pipeline.timing.harness import (
+        async_streams,
+        settled,
+        stability,
+        summarize,
+        synthetic_feed,
+        time_loop,
+    )
 
     rows = []
     for streams in sorted(set(p["streams"])):
@@ -70,15 +85,32 @@ def bench_backend(model: str, backend: str, paths, p: dict, threads: int, vocab:
             rounds = {s: [] for s in shapes}
             for k in range(p["rounds"]):
                 for s in [s for s in shapes if k == 0 or not all(map(settled, rounds[s]))]:
-                    rounds[s].append(time_loop(partial(runner.run, feeds[s]), p["warmup_iters"], p["min_iters"],
-                                               p["max_seconds"]))
-            cells = {s: {**summarize([x for r in rounds[s] for x in r], s[0]), **stability(rounds[s])}
-                     for s in shapes}
+                    rounds[s].append(
+                        time_loop(
+                            partial(runner.run, feeds[s]), p["warmup_iters"], p["min_iters"], p["max_seconds"]
+                        )
+                    )
+            cells = {
+                s: {**summarize([x for r in rounds[s] for x in r], s[0]), **stability(rounds[s])}
+                for s in shapes
+            }
         else:
-            cells = {s: async_streams(runner.compiled, feeds[s], streams, p["warmup_iters"], p["min_iters"],
-                                      p["max_seconds"] * p["rounds"], s[0]) for s in shapes}
+            cells = {
+                s: async_streams(
+                    runner.compiled,
+                    feeds[s],
+                    streams,
+                    p["warmup_iters"],
+                    p["min_iters"],
+                    p["max_seconds"] * p["rounds"],
+                    s[0],
+                )
+                for s in shapes
+            }
         for (batch, seq), figures in cells.items():
-            rows.append({"model": model, **runner.info, **runner.kernels(), "batch": batch, "seq_len": seq, **figures})
+            rows.append(
+                {"model": model, **runner.info, **runner.kernels(), "batch": batch, "seq_len": seq, **figures}
+            )
             bar.update(1)
         del runner
         gc.collect()
@@ -93,20 +125,40 @@ def crosscheck(results: list[dict], p: dict, threads: int, paths) -> list[dict]:
     out = []
     config = read_json(paths.compiled_dir / "compile_config.json")
     for batch, seq in p["crosscheck_shapes"]:
-        ours = next((r for r in results if r["model"] == "student" and r["backend"] == "ov-int8"
-                     and r["batch"] == batch and r["seq_len"] == seq and r["streams"] == 1), None)
+        ours = next(
+            (
+                r
+                for r in results
+                if r["model"] == "student"
+                and r["backend"] == "ov-int8"
+                and r["batch"] == batch
+                and r["seq_len"] == seq
+                and r["streams"] == 1
+            ),
+            None,
+        )
         if ours is None:
             continue
-        ba = benchmark_app(paths.compiled_dir / "int8.xml", config, batch, seq, threads, p["crosscheck_seconds"])
-        row = {"model": "student", "backend": "ov-int8", "batch": batch, "seq_len": seq,
-               "ours_seq_per_s": ours["throughput_seq_per_s"], "benchmark_app": ba,
-               "sparse_rate": config.get(dov.SPARSE_RATE_KEY)}
+        ba = benchmark_app(
+            paths.compiled_dir / "int8.xml", config, batch, seq, threads, p["crosscheck_seconds"]
+        )
+        row = {
+            "model": "student",
+            "backend": "ov-int8",
+            "batch": batch,
+            "seq_len": seq,
+            "ours_seq_per_s": ours["throughput_seq_per_s"],
+            "benchmark_app": ba,
+            "sparse_rate": config.get(dov.SPARSE_RATE_KEY),
+        }
         if "seq_per_s" in ba:
             row["benchmark_app_seq_per_s"] = ba["seq_per_s"]
             row["ratio"] = round(ours["throughput_seq_per_s"] / ba["seq_per_s"], 3)
             row["gap_over_15pct"] = abs(row["ratio"] - 1) > GAP
         else:  # recorded in the row (row["benchmark_app"]["error"]) and shown by the report; bench goes on
-            print(f"[bench] benchmark_app cross-check at b{batch} s{seq} failed: {ba['error']}", file=sys.stderr)
+            print(
+                f"[bench] benchmark_app cross-check at b{batch} s{seq} failed: {ba['error']}", file=sys.stderr
+            )
         out.append(row)
     return out
 
@@ -124,10 +176,15 @@ def main(params_path: str = "params.yaml") -> dict:
     from pipeline.core.models import read_config
 
     # The baseline is always timed in this run, even when its model is not in bench.models.
-    plan = [(m, p["backends"] if m in p["models"] else [BASELINE["backend"]])
-            for m in sorted(set(p["models"]) | {BASELINE["model"]}, key=lambda m: m != BASELINE["model"])]
-    cells = sum(len(p["batch_sizes"]) * len(p["seq_lens"]) * sum(s == 1 or b.startswith("ov-") for s in p["streams"])
-                for _, backends in plan for b in backends)
+    plan = [
+        (m, p["backends"] if m in p["models"] else [BASELINE["backend"]])
+        for m in sorted(set(p["models"]) | {BASELINE["model"]}, key=lambda m: m != BASELINE["model"])
+    ]
+    cells = sum(
+        len(p["batch_sizes"]) * len(p["seq_lens"]) * sum(s == 1 or b.startswith("ov-") for s in p["streams"])
+        for _, backends in plan
+        for b in backends
+    )
     results = []
     with Timer() as t, tqdm(total=cells, desc="bench", mininterval=2) as bar:
         for model, backends in plan:
@@ -136,24 +193,44 @@ def main(params_path: str = "params.yaml") -> dict:
             for backend in backends:
                 results += bench_backend(model, backend, paths, p, threads, vocab, bar)
         add_speedups(results)
-        checks = crosscheck(results, p, threads, model_paths("student", params_path)) if "student" in p["models"] else []
+        checks = (
+            crosscheck(results, p, threads, model_paths("student", params_path))
+            if "student" in p["models"]
+            else []
+        )
     for c in checks:
         if c.get("gap_over_15pct"):
-            print(f"[bench] cross-check gap: ours {c['ours_seq_per_s']} vs benchmark_app "
-                  f"{c['benchmark_app_seq_per_s']} seq/s at b{c['batch']} s{c['seq_len']}")
+            print(
+                f"[bench] cross-check gap: ours {c['ours_seq_per_s']} vs benchmark_app "
+                f"{c['benchmark_app_seq_per_s']} seq/s at b{c['batch']} s{c['seq_len']}"
+            )
     vs_torch, vs_torch_backend = versus_torch(results)
-    return write_metrics("bench", {"speedup_vs_teacher_x": versus_teacher(results),
-                                   "speedup_vs_torch_fp32_teacher_x": vs_torch,
-                                   "speedup_vs_torch_fp32_teacher_backend": vs_torch_backend,
-                                   "cpu": cpu_info()["cpu"], "hardware": cpu_info(), "threads": threads,
-                                   "baseline": BASELINE,
-                                   "grid": {"batch_sizes": p["batch_sizes"], "seq_lens": p["seq_lens"],
-                                            "streams": p["streams"]},
-                                   "results": results, "crosscheck": checks,
-                                   "unstable_cells": sum(bool(r.get("unstable")) for r in results),
-                                   "wall_time_s": round(t.seconds, 2)}, threads, metrics_dir(params_path),
-                         ("speedup_vs_teacher_x", "speedup_vs_torch_fp32_teacher_x", "threads", "unstable_cells",
-                          "wall_time_s"))
+    return write_metrics(
+        "bench",
+        {
+            "speedup_vs_teacher_x": versus_teacher(results),
+            "speedup_vs_torch_fp32_teacher_x": vs_torch,
+            "speedup_vs_torch_fp32_teacher_backend": vs_torch_backend,
+            "cpu": cpu_info()["cpu"],
+            "hardware": cpu_info(),
+            "threads": threads,
+            "baseline": BASELINE,
+            "grid": {"batch_sizes": p["batch_sizes"], "seq_lens": p["seq_lens"], "streams": p["streams"]},
+            "results": results,
+            "crosscheck": checks,
+            "unstable_cells": sum(bool(r.get("unstable")) for r in results),
+            "wall_time_s": round(t.seconds, 2),
+        },
+        threads,
+        metrics_dir(params_path),
+        (
+            "speedup_vs_teacher_x",
+            "speedup_vs_torch_fp32_teacher_x",
+            "threads",
+            "unstable_cells",
+            "wall_time_s",
+        ),
+    )
 
 
 if __name__ == "__main__":

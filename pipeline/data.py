@@ -5,6 +5,7 @@
 Output (data.out_dir): {train,eval}.safetensors (ragged token ids as flat arrays + offsets),
 {train,eval}.jsonl (the raw rows), tokenizer/, meta.json; and metrics/data.json.
 """
+
 from __future__ import annotations
 
 import csv
@@ -36,12 +37,16 @@ def read_text(path: Path) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"data file {str(path)!r}: byte offset {e.start} (line {line}) is not UTF-8 "
-                        f"({e.reason}: {raw[e.start:e.end]!r}); save the file as UTF-8") from None
+        raise DataError(
+            f"data file {str(path)!r}: byte offset {e.start} (line {line}) is not UTF-8 "
+            f"({e.reason}: {raw[e.start : e.end]!r}); save the file as UTF-8"
+        ) from None
     return text.removeprefix("\ufeff")
 
 
-def read_table(path: Path, header: bool = True, quoting: int = csv.QUOTE_MINIMAL) -> tuple[list, list[list[str]]]:
+def read_table(
+    path: Path, header: bool = True, quoting: int = csv.QUOTE_MINIMAL
+) -> tuple[list, list[list[str]]]:
     """User CSV/TSV files follow the usual quoting; GLUE passes QUOTE_NONE, since some of its fields
     start with a quote that is part of the text."""
     if not path.is_file():
@@ -77,13 +82,17 @@ def pick_columns(path: Path, header: list, rows: list, text, pair, label) -> lis
         get.update({i: (lambda r, i=i: r[i]) for i in range(max(map(len, rows), default=0))})
     for col in (text, pair, label):
         if col is not None and col not in get:
-            raise DataError(f"{path}: column {col!r} not found; columns: {', '.join(map(str, header or get))}")
+            raise DataError(
+                f"{path}: column {col!r} not found; columns: {', '.join(map(str, header or get))}"
+            )
     out = []
     for n, r in enumerate(rows, 2 if header else 1):
         try:
             t, p, y = get[text](r), get[pair](r) if pair is not None else None, get[label](r)
         except IndexError:
-            raise DataError(f"{path}:{n}: row has {len(r)} fields, too few for the configured columns") from None
+            raise DataError(
+                f"{path}:{n}: row has {len(r)} fields, too few for the configured columns"
+            ) from None
         if t is None or y is None or (pair is not None and p is None):
             raise DataError(f"{path}:{n}: empty text or label")
         out.append((str(t), None if p is None else str(p), str(y)))
@@ -111,8 +120,10 @@ def load_glue(p: dict) -> tuple[dict, dict]:
     splits = {}
     for split, fname in (("train", "train.tsv"), ("eval", spec["dev"])):
         header, rows = read_table(base / fname, header=spec["header"], quoting=csv.QUOTE_NONE)
-        splits[split] = (base / fname, pick_columns(base / fname, header, rows, spec["text"], spec["pair"],
-                                                    spec["label"]))
+        splits[split] = (
+            base / fname,
+            pick_columns(base / fname, header, rows, spec["text"], spec["pair"], spec["label"]),
+        )
     return splits, {"task": task, "labels": spec["labels"], "metrics": spec["metrics"]}
 
 
@@ -128,8 +139,14 @@ def load_hub(p: dict) -> tuple[dict, dict]:
         d = ds[hub_split]
         names = getattr(d.features["label"], "names", None)
         by_name = names and spec["labels"] and set(names) <= set(spec["labels"])
-        rows = [(r[cols[0]], r[cols[1]] if len(cols) > 1 else None,
-                 names[r["label"]] if by_name else str(r["label"]) if spec["labels"] else r["label"]) for r in d]
+        rows = [
+            (
+                r[cols[0]],
+                r[cols[1]] if len(cols) > 1 else None,
+                names[r["label"]] if by_name else str(r["label"]) if spec["labels"] else r["label"],
+            )
+            for r in d
+        ]
         splits[split] = (f"hub:glue/{task}/{hub_split}", rows)
     return splits, {"task": task, "labels": spec["labels"], "metrics": spec["metrics"]}
 
@@ -139,13 +156,17 @@ def load_files(p: dict) -> tuple[dict, dict]:
     for split, key in (("train", "train_file"), ("eval", "eval_file")):
         path = Path(p[key])
         header, rows = read_jsonl(path) if path.suffix.lower() == ".jsonl" else read_table(path)
-        splits[split] = (path, pick_columns(path, header, rows, p["text_column"], p["text_pair_column"],
-                                            p["label_column"]))
+        splits[split] = (
+            path,
+            pick_columns(path, header, rows, p["text_column"], p["text_pair_column"], p["label_column"]),
+        )
     regression = set(p["metrics"]) <= {"pearson", "spearman"}
     labels = None if regression else (p["labels"] or sorted({y for _, _, y in splits["train"][1]}))
     if labels is not None and len(labels) > 2 and "f1" in p["metrics"]:
-        raise DataError(f"data.metrics has f1, which is binary (class 1 as positive), but there are {len(labels)} "
-                        f"labels: {labels}; use accuracy or mcc")
+        raise DataError(
+            f"data.metrics has f1, which is binary (class 1 as positive), but there are {len(labels)} "
+            f"labels: {labels}; use accuracy or mcc"
+        )
     return splits, {"task": "custom", "labels": labels, "metrics": p["metrics"]}
 
 
@@ -158,9 +179,11 @@ def tokenize(tokenizer, rows: list[Row], max_length: int) -> dict:
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     lengths = np.array([len(x) for x in enc["input_ids"]], np.int64)
     type_ids = enc.get("token_type_ids") or [[0] * n for n in lengths]
-    return {"input_ids": np.concatenate(enc["input_ids"]).astype(np.int32),
-            "token_type_ids": np.concatenate(type_ids).astype(np.int8),
-            "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)}
+    return {
+        "input_ids": np.concatenate(enc["input_ids"]).astype(np.int32),
+        "token_type_ids": np.concatenate(type_ids).astype(np.int8),
+        "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+    }
 
 
 def subsample(count: int, n: int | None, seed: int | None) -> list[int]:
@@ -182,10 +205,16 @@ def main(params_path: str = "params.yaml") -> dict:
         splits, info = SOURCES[p["source"]](p)
         tokenizer = load_tokenizer(model_path)
         limits = {"train": (p["max_train_samples"], p["seed"]), "eval": (p["max_eval_samples"], None)}
-        meta = {**info, "problem_type": "regression" if info["labels"] is None else "classification",
-                "num_labels": 1 if info["labels"] is None else len(info["labels"]), "model": p["model"],
-                "model_sha256": weights_sha256(model_path), "max_length": p["max_length"],
-                "pad_token_id": tokenizer.pad_token_id or 0, "splits": {}}
+        meta = {
+            **info,
+            "problem_type": "regression" if info["labels"] is None else "classification",
+            "num_labels": 1 if info["labels"] is None else len(info["labels"]),
+            "model": p["model"],
+            "model_sha256": weights_sha256(model_path),
+            "max_length": p["max_length"],
+            "pad_token_id": tokenizer.pad_token_id or 0,
+            "splits": {},
+        }
         stats = {}
         with atomic_dir(p["out_dir"]) as out:
             for split, (path, rows) in splits.items():
@@ -199,18 +228,31 @@ def main(params_path: str = "params.yaml") -> dict:
                     for text, pair, label in rows:
                         f.write(json.dumps({"text": text, "text_pair": pair, "label": label}) + "\n")
                 lengths = np.diff(arrays["offsets"])
-                stats[split] = {"examples": len(rows), "source": str(path),
-                                "tokens_mean": round(float(lengths.mean()), 2), "tokens_max": int(lengths.max()),
-                                "truncated_fraction": float(np.mean(lengths >= p["max_length"]))}
+                stats[split] = {
+                    "examples": len(rows),
+                    "source": str(path),
+                    "tokens_mean": round(float(lengths.mean()), 2),
+                    "tokens_max": int(lengths.max()),
+                    "truncated_fraction": float(np.mean(lengths >= p["max_length"])),
+                }
                 if info["labels"] is not None:
                     counts = np.bincount(arrays["labels"], minlength=len(info["labels"]))
                     stats[split]["label_counts"] = dict(zip(info["labels"], counts.tolist()))
             meta["splits"] = stats
             tokenizer.save_pretrained(out / "tokenizer")
             write_json(out / "meta.json", meta)
-    return write_metrics("data", {"task": meta["task"], **{f"{k}_examples": v["examples"] for k, v in stats.items()},
-                                  "splits": stats, "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
-                         ("train_examples", "eval_examples", "wall_time_s"))
+    return write_metrics(
+        "data",
+        {
+            "task": meta["task"],
+            **{f"{k}_examples": v["examples"] for k, v in stats.items()},
+            "splits": stats,
+            "wall_time_s": round(t.seconds, 2),
+        },
+        None,
+        metrics_dir(params_path),
+        ("train_examples", "eval_examples", "wall_time_s"),
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ One metric code path (pipeline.core.tasks.compute_metrics) for all backends. A b
 differs from the PyTorch FP32 score of the same model by more than eval.tolerance is flagged,
 and fails the stage when eval.fail_on_drift is true. Output: metrics/eval.json.
 """
+
 from __future__ import annotations
 
 import gc
@@ -33,8 +34,10 @@ def drift_flags(results: list[dict], tolerance: float) -> list[str]:
         r["delta_vs_teacher"] = round(r["score"] - teacher, 6) if teacher is not None else None
         r["flagged"] = r["delta_vs_torch"] is not None and abs(r["delta_vs_torch"]) > tolerance
         if r["flagged"]:
-            flags.append(f"{r['model']} on {r['backend']}: score {r['score']:.4f} differs from {REFERENCE} "
-                         f"by {r['delta_vs_torch']:+.4f} (tolerance {tolerance})")
+            flags.append(
+                f"{r['model']} on {r['backend']}: score {r['score']:.4f} differs from {REFERENCE} "
+                f"by {r['delta_vs_torch']:+.4f} (tolerance {tolerance})"
+            )
     return flags
 
 
@@ -59,21 +62,45 @@ def main(params_path: str = "params.yaml") -> dict:
                 with Timer() as tb:
                     logits = np.concatenate([runner.run(b) for b in batches])
                 scores = compute_metrics(logits, dev.labels, meta["metrics"], meta["problem_type"])
-                results.append({"model": model, **runner.info, **runner.kernels(), **scores,
-                                "eval_s": round(tb.seconds, 2)})
-                print(f"[eval] {model:8s} {backend:14s} score {scores['score']:.4f} ({runner.info['inference_precision']})")
+                results.append(
+                    {
+                        "model": model,
+                        **runner.info,
+                        **runner.kernels(),
+                        **scores,
+                        "eval_s": round(tb.seconds, 2),
+                    }
+                )
+                print(
+                    f"[eval] {model:8s} {backend:14s} score {scores['score']:.4f} ({runner.info['inference_precision']})"
+                )
                 del runner
                 gc.collect()
     flags = drift_flags(results, p["tolerance"])
-    metrics = write_metrics("eval", {"task": meta["task"], "metrics": meta["metrics"], "examples": len(dev),
-                                     "tolerance": p["tolerance"], "results": results, "flags": flags,
-                                     "flagged": len(flags), "wall_time_s": round(t.seconds, 2)}, threads,
-                            metrics_dir(params_path), ("flagged", "wall_time_s"))
+    metrics = write_metrics(
+        "eval",
+        {
+            "task": meta["task"],
+            "metrics": meta["metrics"],
+            "examples": len(dev),
+            "tolerance": p["tolerance"],
+            "results": results,
+            "flags": flags,
+            "flagged": len(flags),
+            "wall_time_s": round(t.seconds, 2),
+        },
+        threads,
+        metrics_dir(params_path),
+        ("flagged", "wall_time_s"),
+    )
     for f in flags:
         print(f"[eval] FLAGGED: {f}")
     if flags and p["fail_on_drift"]:
-        raise DriftError(f"{len(flags)} backend(s) drifted past eval.tolerance (metrics/eval.json written): "
-                         + "; ".join(flags) + ". Set eval.fail_on_drift: false to accept.")
+        raise DriftError(
+            f"{len(flags)} backend(s) drifted past eval.tolerance (metrics/eval.json written): "
+            + "; ".join(flags)
+            + ". Set eval.fail_on_drift: false to accept."
+        )
     return metrics
 
 

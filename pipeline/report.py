@@ -8,6 +8,7 @@ flags, sparse-kernel coverage, the benchmark_app cross-check), accuracy_vs_throu
 throughput.png, and plots/{accuracy_vs_throughput,throughput}.json for `dvc plots`;
 metrics/report.json with the headline ratios. Rendering lives in pipeline/reporting/render.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,32 @@ from pathlib import Path
 
 from pipeline.core.common import Timer, atomic_dir, details_path, read_json, write_json, write_metrics
 from pipeline.core.params import load_section, metrics_dir
-from pipeline.reporting.render import (NA, TPUT, bench_cells, bench_value, build_context, crosscheck_error,
-                                       plot_accuracy_vs_throughput, plot_data, plot_throughput_by_backend, ratio,
-                                       render_markdown, render_table, table_rows)
+from pipeline.reporting.render import (
+    NA,
+    TPUT,
+    bench_cells,
+    bench_value,
+    build_context,
+    crosscheck_error,
+    plot_accuracy_vs_throughput,
+    plot_data,
+    plot_throughput_by_backend,
+    ratio,
+    render_markdown,
+    render_table,
+    table_rows,
+)
 from pipeline.reporting.render_deploy import render_deploy
 from pipeline.reporting.render_gain import headline as gain_headline, render_gain
 
-INPUTS = ("teacher", "prune", "compile", "eval", "bench", "deploy")  # metrics/details/<stage>.json, by that stage
+INPUTS = (
+    "teacher",
+    "prune",
+    "compile",
+    "eval",
+    "bench",
+    "deploy",
+)  # metrics/details/<stage>.json, by that stage
 REQUIRED = {
     "teacher": ("score",),
     "prune": ("score", "encoder_linear_sparsity"),
@@ -38,10 +58,20 @@ ROW_KEYS = {
 MODEL_KEYS = ("sparse_fc_layers", "fc_layers", "fc_reasons", "sizes", "compile_config")
 
 
-HEADLINE = ("student_vs_teacher_x", "student_vs_teacher_x_latency_shape", "student_vs_teacher_gzip_fraction",
-            "student_ov_int8_speedup_x", "student_ov_int8_speedup_x_latency_shape", "sparse_on_off_x",
-            "sparse_on_off_x_latency_shape", "flagged_backends", "crosscheck_failed", "rows_not_as_asked",
-            "unstable_bench_cells", "wall_time_s")
+HEADLINE = (
+    "student_vs_teacher_x",
+    "student_vs_teacher_x_latency_shape",
+    "student_vs_teacher_gzip_fraction",
+    "student_ov_int8_speedup_x",
+    "student_ov_int8_speedup_x_latency_shape",
+    "sparse_on_off_x",
+    "sparse_on_off_x_latency_shape",
+    "flagged_backends",
+    "crosscheck_failed",
+    "rows_not_as_asked",
+    "unstable_bench_cells",
+    "wall_time_s",
+)
 
 
 class ReportInputError(ValueError):
@@ -77,8 +107,10 @@ def load_inputs(folder: Path) -> dict:
     any rendering starts."""
     absent = [s for s in INPUTS if not details_path(folder, s).is_file()]
     if absent:
-        raise FileNotFoundError("report: missing " + "; ".join(
-            f"{details_path(folder, s)} (written by stage `{s}`: dvc repro {s})" for s in absent))
+        raise FileNotFoundError(
+            "report: missing "
+            + "; ".join(f"{details_path(folder, s)} (written by stage `{s}`: dvc repro {s})" for s in absent)
+        )
     docs = {}
     for stage in INPUTS:
         path = details_path(folder, stage)
@@ -100,13 +132,17 @@ def headline(rows: list[dict], bench: dict, latency_shape, throughput_shape) -> 
     cells = bench_cells(bench)
 
     def on_off(shape):
-        return ratio(bench_value(cells, "student", "ov-int8", tuple(shape), TPUT),
-                     bench_value(cells, "student", "ov-int8-dense", tuple(shape), TPUT))
+        return ratio(
+            bench_value(cells, "student", "ov-int8", tuple(shape), TPUT),
+            bench_value(cells, "student", "ov-int8-dense", tuple(shape), TPUT),
+        )
 
-    return {"student_ov_int8_speedup_x": _num(student.get("speedup_x", NA)),
-            "student_ov_int8_speedup_x_latency_shape": _num(student.get("speedup_x_latency_shape", NA)),
-            "sparse_on_off_x": _num(on_off(throughput_shape)),
-            "sparse_on_off_x_latency_shape": _num(on_off(latency_shape))}
+    return {
+        "student_ov_int8_speedup_x": _num(student.get("speedup_x", NA)),
+        "student_ov_int8_speedup_x_latency_shape": _num(student.get("speedup_x_latency_shape", NA)),
+        "sparse_on_off_x": _num(on_off(throughput_shape)),
+        "sparse_on_off_x_latency_shape": _num(on_off(latency_shape)),
+    }
 
 
 def write_report(out: Path, rows: list[dict], ctx: dict, docs: dict, shapes: tuple) -> None:
@@ -129,20 +165,32 @@ def main(params_path: str = "params.yaml") -> dict:
         docs = load_inputs(metrics_dir(params_path))
         args = [docs[s] for s in INPUTS if s != "deploy"]
         rows, ctx = table_rows(*args, lat, tput), build_context(*args, lat, tput)
-        for note in ctx["notes"] + [f"{r['model']} {r['backend']}: {m}" for r in rows for m in r["asked_vs_ran"]]:
+        for note in ctx["notes"] + [
+            f"{r['model']} {r['backend']}: {m}" for r in rows for m in r["asked_vs_ran"]
+        ]:
             print(f"[report] warning: {note}", file=sys.stderr)
         with atomic_dir(p["out_dir"]) as out:
             write_report(out, rows, ctx, docs, (lat, tput))
     print(render_table(rows, ctx))
-    return write_metrics("report", {
-        "rows": len(rows), "latency_shape": lat, "throughput_shape": tput,
-        **gain_headline(rows, docs["deploy"]), **headline(rows, docs["bench"], lat, tput),
-        "flagged_backends": len(ctx["flags"]),
-        "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
-        "crosscheck_failed": sum(crosscheck_error(c) is not None for c in ctx["crosscheck"]),
-        "rows_not_as_asked": sum(bool(r["asked_vs_ran"]) for r in rows),
-        "unstable_bench_cells": len(ctx["unstable"]),
-        "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path), HEADLINE)
+    return write_metrics(
+        "report",
+        {
+            "rows": len(rows),
+            "latency_shape": lat,
+            "throughput_shape": tput,
+            **gain_headline(rows, docs["deploy"]),
+            **headline(rows, docs["bench"], lat, tput),
+            "flagged_backends": len(ctx["flags"]),
+            "crosscheck_gaps_over_15pct": sum(bool(c.get("gap_over_15pct")) for c in ctx["crosscheck"]),
+            "crosscheck_failed": sum(crosscheck_error(c) is not None for c in ctx["crosscheck"]),
+            "rows_not_as_asked": sum(bool(r["asked_vs_ran"]) for r in rows),
+            "unstable_bench_cells": len(ctx["unstable"]),
+            "wall_time_s": round(t.seconds, 2),
+        },
+        None,
+        metrics_dir(params_path),
+        HEADLINE,
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ A finished run is reused while its params, the data, the teacher's weights and t
 was trained with, so an interrupted set of seeds picks up where it stopped. Output: metrics/seeds.json
 (every run, the summary per sparsity) and metrics/details/seeds.json.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,14 +31,24 @@ import yaml
 
 from pipeline.core.common import Timer, details_path, read_json, sha256_file, write_metrics
 from pipeline.core.exps import describe, differing, effective, experiments, repo_root
-from pipeline.core.params import (ParamsError, load_section, metrics_dir, percent, percent_key, upstream_dir,
-                                  validate, validated)
+from pipeline.core.params import (
+    ParamsError,
+    load_section,
+    metrics_dir,
+    percent,
+    percent_key,
+    upstream_dir,
+    validate,
+    validated,
+)
 from pipeline.core.runs import relocate, run_stage, write_params
 from pipeline.core.schema import STUDENT_DATA
 from pipeline.core.tasks import SCORES
 
 SHARED = ("data", "teacher")  # the base run's outputs, never retrained by a seed
-OWN_DATA = "data/tokenized"  # a run with its own distillation rows (seeds.overrides' data) tokenizes them here
+OWN_DATA = (
+    "data/tokenized"  # a run with its own distillation rows (seeds.overrides' data) tokenizes them here
+)
 KEYS = (*SCORES, *(f"delta_{k}" for k in SCORES))
 LAST = tuple(f"last_step_{k}" for k in KEYS)  # with prune.average_tail: the same run's last-step weights
 UNCALIBRATED = tuple(f"uncalibrated_{k}" for k in KEYS)  # with prune.calibrate: the same run before its shift
@@ -66,7 +77,9 @@ def run_doc(doc: dict, sparsity: float, seed: int, base_dir: Path, run_dir: Path
         except ParamsError as e:
             raise ParamsError(f"seeds.overrides[{percent(sparsity)!r}].data: {e}") from None
         out["data"] = {**relocate("data", own, base_dir, run_dir), "out_dir": OWN_DATA}
-    out["prune"] = validate("prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False})
+    out["prune"] = validate(
+        "prune", {**prune, **extra, "seed": seed, "target_sparsity": sparsity, "progress": False}
+    )
     # a speed target (prune.speedup) is met at deploy's shapes: the base file's, stated or default
     out["deploy"] = relocate("deploy", validated(doc, "deploy"), base_dir, run_dir)
     return out
@@ -86,12 +99,21 @@ def run_record(m: dict, seed: int, rdoc: dict, verified: bool) -> dict:
 
 def record(m: dict, seed: int, rows: dict | str, epochs: int | None, verified: bool) -> dict:
     """One run's record from its prune details (m); epochs: the params' (m's own when it states them)."""
-    return {"seed": seed, "target_sparsity": m["target_sparsity"], "recipe": m["recipe"],
-            "epochs": m.get("epochs", epochs), "steps": m["steps"], "train_rows": rows,
-            **{k: m[k] for k in KEYS if k in m}, **paired(m, "tail_average", "last_step_scores", "last_step"),
-            **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"), "selection": m["selection"],
-            "achieved_sparsity": m["achieved_sparsity"], "train_time_s": m["train_time_s"],
-            "inputs_verified": verified}
+    return {
+        "seed": seed,
+        "target_sparsity": m["target_sparsity"],
+        "recipe": m["recipe"],
+        "epochs": m.get("epochs", epochs),
+        "steps": m["steps"],
+        "train_rows": rows,
+        **{k: m[k] for k in KEYS if k in m},
+        **paired(m, "tail_average", "last_step_scores", "last_step"),
+        **paired(m, "calibration", "uncalibrated_scores", "uncalibrated"),
+        "selection": m["selection"],
+        "achieved_sparsity": m["achieved_sparsity"],
+        "train_time_s": m["train_time_s"],
+        "inputs_verified": verified,
+    }
 
 
 def paired(m: dict, section: str, key: str, prefix: str) -> dict:
@@ -100,8 +122,10 @@ def paired(m: dict, section: str, key: str, prefix: str) -> dict:
     scores = (m.get(section) or {}).get(key)
     if not scores:
         return {}
-    return {**{f"{prefix}_{k}": v for k, v in scores.items()},
-            **{f"{prefix}_delta_{k}": round(v - m["teacher"][k], 6) for k, v in scores.items()}}
+    return {
+        **{f"{prefix}_{k}": v for k, v in scores.items()},
+        **{f"{prefix}_delta_{k}": round(v - m["teacher"][k], 6) for k, v in scores.items()},
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -113,16 +137,25 @@ def summarize(runs: list[dict]) -> dict:
         for k in KEYS + LAST + UNCALIBRATED + SPEED:
             v = np.array([r[k] for r in rs if r.get(k) is not None], np.float64)
             if len(v):
-                stats[k] = {"mean": round(float(v.mean()), 6), "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6),
-                            "min": round(float(v.min()), 6), "max": round(float(v.max()), 6)}
+                stats[k] = {
+                    "mean": round(float(v.mean()), 6),
+                    "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6),
+                    "min": round(float(v.min()), 6),
+                    "max": round(float(v.max()), 6),
+                }
         out[f"{s:g}"] = stats
     return out
 
 
 def print_summary(summary: dict) -> None:
     for s, st in summary.items():
-        print(f"[seeds] {s}: " + ", ".join(f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st
-                                          if k.startswith("delta_")) + f" over {st['n']} seeds")
+        print(
+            f"[seeds] {s}: "
+            + ", ".join(
+                f"{k} {st[k]['mean']:+.4f} ± {st[k]['std']:.4f}" for k in st if k.startswith("delta_")
+            )
+            + f" over {st['n']} seeds"
+        )
 
 
 def inputs_fingerprint(params: Path) -> str:
@@ -152,8 +185,10 @@ def check_dev(params: Path, base_data: Path) -> None:
     figures it is compared with came from that set (the raw files may have changed since)."""
     own = upstream_dir("data", params) / "eval.safetensors"
     if sha256_file(own) != sha256_file(base_data / "eval.safetensors"):
-        raise RuntimeError(f"{params}: its own data stage wrote a dev set ({own}) that differs from the base "
-                           f"run's ({base_data / 'eval.safetensors'}); rerun the base data and teacher stages")
+        raise RuntimeError(
+            f"{params}: its own data stage wrote a dev set ({own}) that differs from the base "
+            f"run's ({base_data / 'eval.safetensors'}); rerun the base data and teacher stages"
+        )
 
 
 def tokenize_own(params: Path, run: str, base_data: Path) -> float:
@@ -168,8 +203,12 @@ def one_run(doc: dict, sparsity: float, seed: int, p: dict, params_path: str) ->
     rdoc = run_doc(doc, sparsity, seed, Path(params_path).parent, run_dir)
     done = details_path(run_dir / "metrics", "prune")
     own, base_data, seconds = owns_data(rdoc), upstream_dir("data", params_path), 0.0
-    retokenize = own and stamp.is_file() and not (run_dir / OWN_DATA / "train.safetensors").is_file() \
-        and yaml.safe_load(params.read_text()) == rdoc  # its data folder is not kept: tokenize, then check the stamp
+    retokenize = (
+        own
+        and stamp.is_file()
+        and not (run_dir / OWN_DATA / "train.safetensors").is_file()
+        and yaml.safe_load(params.read_text()) == rdoc
+    )  # its data folder is not kept: tokenize, then check the stamp
     if retokenize:
         seconds += tokenize_own(params, run_name(sparsity, seed), base_data)
     verified = reusable(params, stamp, done, rdoc, p["reuse"])
@@ -195,9 +234,13 @@ def bench_doc(doc: dict, run_dir: Path, base_dir: Path) -> dict:
     d = validated(doc, "deploy")
     sections = {s: relocate(s, validated(doc, s), base_dir, base_dir, inside=True) for s in BENCH_STAGES}
     sections["export"]["models"] = sections["compile"]["models"] = ["teacher", "student"]
-    sections["bench"].update(models=["teacher", "student"], backends=BENCH_BACKENDS, crosscheck_shapes=[],
-                             batch_sizes=sorted({d["shape"][0], 1}),
-                             seq_lens=sorted({d["shape"][1], d["latency_tokens"]}))
+    sections["bench"].update(
+        models=["teacher", "student"],
+        backends=BENCH_BACKENDS,
+        crosscheck_shapes=[],
+        batch_sizes=sorted({d["shape"][0], 1}),
+        seq_lens=sorted({d["shape"][1], d["latency_tokens"]}),
+    )
     return {**rdoc, **sections}
 
 
@@ -208,11 +251,17 @@ def speed_record(bench: dict, deploy: dict) -> dict:
     b, s = deploy["shape"]
     shapes = (f"b{b}xs{s}", f"b1xs{deploy['latency_tokens']}")
     ratios = {k: {x: v[x] for x in shapes if x in v} for k, v in bench["speedup_vs_teacher_x"].items()}
-    student = [r for r in bench_rows(bench) if r["model"] == "student" and (r["batch"], r["seq_len"]) == (b, s)]
+    student = [
+        r for r in bench_rows(bench) if r["model"] == "student" and (r["batch"], r["seq_len"]) == (b, s)
+    ]
     fastest = max(student, key=lambda r: r["throughput_seq_per_s"])["backend"]
-    return {"speedup_vs_teacher_x": ratios, "speed_backend": fastest,
-            "speedup_vs_teacher_shipped_x": ratios[fastest][shapes[0]],
-            "speedup_vs_teacher_shipped_b1_x": ratios[fastest].get(shapes[1]), "bench_cpu": bench["cpu"]}
+    return {
+        "speedup_vs_teacher_x": ratios,
+        "speed_backend": fastest,
+        "speedup_vs_teacher_shipped_x": ratios[fastest][shapes[0]],
+        "speedup_vs_teacher_shipped_b1_x": ratios[fastest].get(shapes[1]),
+        "bench_cpu": bench["cpu"],
+    }
 
 
 def bench_rows(bench: dict) -> list[dict]:
@@ -252,15 +301,26 @@ def main(params_path: str = "params.yaml") -> dict:
             stage_s += bench_runs(doc, runs, p, params_path)
     summary = summarize(runs)
     print_summary(summary)
-    return write_metrics("seeds", {"teacher": f"once: the base run's ({base['out_dir']}, seed {base['seed']})",
-                                   "runs": runs, "summary": summary, "stage_wall_time_s": round(stage_s, 2),
-                                   "wall_time_s": round(t.seconds, 2)}, None, metrics_dir(params_path),
-                         ("teacher", "runs", "summary", "wall_time_s"))
+    return write_metrics(
+        "seeds",
+        {
+            "teacher": f"once: the base run's ({base['out_dir']}, seed {base['seed']})",
+            "runs": runs,
+            "summary": summary,
+            "stage_wall_time_s": round(stage_s, 2),
+            "wall_time_s": round(t.seconds, 2),
+        },
+        None,
+        metrics_dir(params_path),
+        ("teacher", "runs", "summary", "wall_time_s"),
+    )
 
 
 VARIED = ("prune.seed", "prune.target_sparsity")  # what seed experiments differ in (--from-exps)
-QUEUE = ("dvc exp run --queue prune -S 'prune.speedup=null' -S '++prune.seed=0,1,2' "
-         "-S 'prune.target_sparsity=0.9,0.95'")  # the root params.yaml's speed target planned no sparsity
+QUEUE = (
+    "dvc exp run --queue prune -S 'prune.speedup=null' -S '++prune.seed=0,1,2' "
+    "-S 'prune.target_sparsity=0.9,0.95'"
+)  # the root params.yaml's speed target planned no sparsity
 
 
 def from_exps(params_path: str = "params.yaml") -> dict:
@@ -275,14 +335,23 @@ def from_exps(params_path: str = "params.yaml") -> dict:
     with Timer() as t:
         exps = experiments(root, params.relative_to(root).as_posix(), details)
     if not exps:
-        raise RuntimeError(f"{params_path}: no DVC experiment of HEAD; queue the seeds with `{QUEUE}`, "
-                           "then `dvc queue start`")
+        raise RuntimeError(
+            f"{params_path}: no DVC experiment of HEAD; queue the seeds with `{QUEUE}`, "
+            "then `dvc queue start`"
+        )
     flat = {e["experiment"]: effective(e["params"]) for e in exps}
     per_sparsity = check_exps(flat)
     runs = [exp_run(e, flat[e["experiment"]]) for e in exps if e["metrics"] is not None]
-    missing = [{"experiment": e["experiment"], "rev": e["rev"], "state": e["state"],
-                **{k.split(".")[1]: flat[e["experiment"]][k] for k in VARIED}}
-               for e in exps if e["metrics"] is None]
+    missing = [
+        {
+            "experiment": e["experiment"],
+            "rev": e["rev"],
+            "state": e["state"],
+            **{k.split(".")[1]: flat[e["experiment"]][k] for k in VARIED},
+        }
+        for e in exps
+        if e["metrics"] is None
+    ]
     return write_exps(params, runs, missing, per_sparsity, t.seconds)
 
 
@@ -291,16 +360,20 @@ def check_exps(flat: dict[str, dict]) -> dict:
     between sparsities, as {key: {sparsity: value}}."""
     outside = {k: v for k, v in differing(flat, VARIED).items() if not k.startswith("prune.")}
     if outside:
-        raise RuntimeError("DVC experiments differ outside prune.seed and prune.target_sparsity: "
-                           f"{describe(outside)}; remove the odd ones (`dvc exp remove NAME`, "
-                           "`dvc queue remove --failed`) or summarise them apart")
+        raise RuntimeError(
+            "DVC experiments differ outside prune.seed and prune.target_sparsity: "
+            f"{describe(outside)}; remove the odd ones (`dvc exp remove NAME`, "
+            "`dvc queue remove --failed`) or summarise them apart"
+        )
     groups: dict[float, dict[str, dict]] = {}
     for name, d in flat.items():
         groups.setdefault(d["prune.target_sparsity"], {})[name] = d
     for sparsity, docs in groups.items():
         if inside := differing(docs, VARIED):
-            raise RuntimeError(f"DVC experiments at prune.target_sparsity = {sparsity:g} differ in more than "
-                               f"prune.seed: {describe(inside)}; remove the odd ones (`dvc exp remove NAME`)")
+            raise RuntimeError(
+                f"DVC experiments at prune.target_sparsity = {sparsity:g} differ in more than "
+                f"prune.seed: {describe(inside)}; remove the odd ones (`dvc exp remove NAME`)"
+            )
     keys = differing(flat, VARIED)
     return {k: {f"{s:g}": next(iter(docs.values()))[k] for s, docs in sorted(groups.items())} for k in keys}
 
@@ -309,32 +382,58 @@ def exp_run(e: dict, flat: dict) -> dict:
     """One finished experiment's run record; its prune details must be its own (the stage ran)."""
     m, seed, sparsity = e["metrics"], flat["prune.seed"], flat["prune.target_sparsity"]
     if m.get("target_sparsity") != sparsity:
-        raise RuntimeError(f"DVC experiment {e['experiment']} ({e['rev']}): its metrics/details/prune.json "
-                           f"says target_sparsity {m.get('target_sparsity')}, its params {sparsity}; the prune "
-                           "stage did not run in it (`dvc exp run --queue prune ...` runs prune and its inputs)")
-    return {"experiment": e["experiment"], "rev": e["rev"],
-            **record(m, seed, "base", flat["prune.epochs"], True)}
+        raise RuntimeError(
+            f"DVC experiment {e['experiment']} ({e['rev']}): its metrics/details/prune.json "
+            f"says target_sparsity {m.get('target_sparsity')}, its params {sparsity}; the prune "
+            "stage did not run in it (`dvc exp run --queue prune ...` runs prune and its inputs)"
+        )
+    return {
+        "experiment": e["experiment"],
+        "rev": e["rev"],
+        **record(m, seed, "base", flat["prune.epochs"], True),
+    }
 
 
-def write_exps(params: Path, runs: list[dict], missing: list[dict], per_sparsity: dict, seconds: float) -> dict:
+def write_exps(
+    params: Path, runs: list[dict], missing: list[dict], per_sparsity: dict, seconds: float
+) -> dict:
     count = Counter((r["target_sparsity"], r["seed"]) for r in runs)
     if twice := [r for r in runs if count[r["target_sparsity"], r["seed"]] > 1]:
-        raise RuntimeError("DVC experiments repeat a seed at one sparsity (" + ", ".join(
-            f"{r['experiment']}: seed {r['seed']} at {r['target_sparsity']:g}" for r in twice)
-            + "); a mean counts each seed once: `dvc exp remove` the extra ones")
+        raise RuntimeError(
+            "DVC experiments repeat a seed at one sparsity ("
+            + ", ".join(f"{r['experiment']}: seed {r['seed']} at {r['target_sparsity']:g}" for r in twice)
+            + "); a mean counts each seed once: `dvc exp remove` the extra ones"
+        )
     if not runs:
-        raise RuntimeError("no DVC experiment of HEAD has finished: " + ", ".join(
-            f"{x['experiment']} ({x['state']})" for x in missing) + "; run them with `dvc queue start`")
+        raise RuntimeError(
+            "no DVC experiment of HEAD has finished: "
+            + ", ".join(f"{x['experiment']} ({x['state']})" for x in missing)
+            + "; run them with `dvc queue start`"
+        )
     for x in missing:
-        print(f"[seeds] missing: {x['experiment']} ({x['rev']}, {x['state']}): seed {x['seed']} at "
-              f"{x['target_sparsity']:g} has no prune metrics and is not in the summary", flush=True)
+        print(
+            f"[seeds] missing: {x['experiment']} ({x['rev']}, {x['state']}): seed {x['seed']} at "
+            f"{x['target_sparsity']:g} has no prune metrics and is not in the summary",
+            flush=True,
+        )
     summary = summarize(runs)
     print_summary(summary)
     teacher = "the experiments' shared data and teacher stages (dvc exp)"
-    return write_metrics("seeds", {"source": "dvc exp", "teacher": teacher,
-                                   "runs": runs, "missing": missing, "per_sparsity": per_sparsity,
-                                   "summary": summary, "wall_time_s": round(seconds, 2)},
-                         None, metrics_dir(params), ("source", "runs", "missing", "summary", "wall_time_s"))
+    return write_metrics(
+        "seeds",
+        {
+            "source": "dvc exp",
+            "teacher": teacher,
+            "runs": runs,
+            "missing": missing,
+            "per_sparsity": per_sparsity,
+            "summary": summary,
+            "wall_time_s": round(seconds, 2),
+        },
+        None,
+        metrics_dir(params),
+        ("source", "runs", "missing", "summary", "wall_time_s"),
+    )
 
 
 if __name__ == "__main__":

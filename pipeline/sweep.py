@@ -14,6 +14,7 @@ metrics/sweep.json there records what the point is and what each stage cost. In 
 `sweep_params@<point>` writes the params file and `sweep@<point>` depends on it, so a base change
 that leaves a point's params unchanged (a key every point overrides) reruns nothing.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -39,8 +40,15 @@ def method(prune: dict) -> str:
     if prune["target_sparsity"] == 0:
         return layers or "dense"
     pattern = prune["pattern"]
-    kind = ("structured+slim" if pattern == "channelx1" else "unstructured" if pattern == "1x1"
-            else f"N:M {pattern}" if ":" in pattern else f"block {pattern}")
+    kind = (
+        "structured+slim"
+        if pattern == "channelx1"
+        else "unstructured"
+        if pattern == "1x1"
+        else f"N:M {pattern}"
+        if ":" in pattern
+        else f"block {pattern}"
+    )
     return f"{layers} + {kind}" if layers else kind
 
 
@@ -48,20 +56,26 @@ def point_doc(doc: dict, name: str, base_dir: Path, point_dir: Path) -> dict:
     """The full params document of one point, every section validated before anything runs."""
     sweep = validated(doc, "sweep")
     if name not in sweep["points"]:
-        raise ParamsError(f"params: sweep.points has no point {name!r}; defined: {', '.join(sweep['points'])}")
+        raise ParamsError(
+            f"params: sweep.points has no point {name!r}; defined: {', '.join(sweep['points'])}"
+        )
     doc = {s: validated(doc, s) for s in (*SHARED, *STAGES, "deploy")}  # the base first: its errors name it
     out = {s: relocate(s, doc[s], base_dir, point_dir) for s in SHARED}
     # a speed target is met at deploy's shapes (pipeline.training.plan): the base file's, stated or default
     out["deploy"] = relocate("deploy", doc["deploy"], base_dir, point_dir)
     for section in STAGES:
-        merged = {**relocate(section, doc[section], base_dir, base_dir, inside=True),
-                  **sweep["overrides"].get(section, {})}
+        merged = {
+            **relocate(section, doc[section], base_dir, base_dir, inside=True),
+            **sweep["overrides"].get(section, {}),
+        }
         if section == "prune":  # a point states its own speed target; the base run's is not inherited
             merged.update({"speedup": None, "latency_speedup": None, **sweep["points"][name]})
         try:
             out[section] = validate(section, merged)
         except ParamsError as e:
-            raise ParamsError(f"{e} (in sweep point {name!r}: sweep.overrides.{section} / sweep.points.{name})") from e
+            raise ParamsError(
+                f"{e} (in sweep point {name!r}: sweep.overrides.{section} / sweep.points.{name})"
+            ) from e
     return out
 
 
@@ -90,17 +104,29 @@ def main(point: str, params_path: str = "params.yaml", stages: tuple = STAGES) -
         shutil.rmtree(metrics, ignore_errors=True)  # no mix of this run's and an older run's results
         previous = {}
     started = now()
-    stage_s = {**previous.get("stage_wall_time_s", {}), **{s: run_stage(s, point_dir / "params.yaml", point)
-                                                           for s in stages}}
+    stage_s = {
+        **previous.get("stage_wall_time_s", {}),
+        **{s: run_stage(s, point_dir / "params.yaml", point) for s in stages},
+    }
     prune = read_json(metrics / "prune.json")
     print(f"[sweep] {point}: {sum(stage_s.values()):.0f} s", flush=True)
-    return write_metrics("sweep", {
-        "point": point, "method": method(pdoc["prune"]), "prune": p["points"][point],
-        "encoder_remaining_weights": prune["encoder_remaining_weights"],
-        "model_remaining_weights": prune.get("model_remaining_weights"),
-        "started_at": started, "finished_at": now(),
-        "stage_wall_time_s": stage_s, "wall_time_s": round(sum(stage_s.values()), 2)},
-        pdoc["prune"]["threads"], metrics, ("encoder_remaining_weights", "model_remaining_weights", "wall_time_s"))
+    return write_metrics(
+        "sweep",
+        {
+            "point": point,
+            "method": method(pdoc["prune"]),
+            "prune": p["points"][point],
+            "encoder_remaining_weights": prune["encoder_remaining_weights"],
+            "model_remaining_weights": prune.get("model_remaining_weights"),
+            "started_at": started,
+            "finished_at": now(),
+            "stage_wall_time_s": stage_s,
+            "wall_time_s": round(sum(stage_s.values()), 2),
+        },
+        pdoc["prune"]["threads"],
+        metrics,
+        ("encoder_remaining_weights", "model_remaining_weights", "wall_time_s"),
+    )
 
 
 def cli(argv: list[str]) -> dict:
@@ -110,7 +136,9 @@ def cli(argv: list[str]) -> dict:
     ap.add_argument("point")
     ap.add_argument("params", nargs="?", default="params.yaml")
     ap.add_argument("--stages", default=",".join(STAGES), help="a subset, to finish a point by hand")
-    ap.add_argument("--params-only", action="store_true", help="only write its params.yaml (stage sweep_params)")
+    ap.add_argument(
+        "--params-only", action="store_true", help="only write its params.yaml (stage sweep_params)"
+    )
     a = ap.parse_args(argv)
     if a.params_only:
         return prepare(a.point, a.params)[2]

@@ -10,6 +10,7 @@ throughput_vs_remaining.png, plots/*.json for `dvc plots`, and history.jsonl, on
 which is how a report knows which points this run recomputed.
 Rendering lives in pipeline/reporting/sweep_render.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,28 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.core.common import DETAILS, Timer, atomic_dir, details_path, read_json, write_json, write_metrics
+from pipeline.core.common import (
+    DETAILS,
+    Timer,
+    atomic_dir,
+    details_path,
+    read_json,
+    write_json,
+    write_metrics,
+)
 from pipeline.core.params import load_section, metrics_dir
 from pipeline.reporting.render import TPUT
-from pipeline.reporting.sweep_render import (front, plot_accuracy, plot_data, plot_throughput, point_row, render,
-                                             table_order, teacher_row, winners)
+from pipeline.reporting.sweep_render import (
+    front,
+    plot_accuracy,
+    plot_data,
+    plot_throughput,
+    point_row,
+    render,
+    table_order,
+    teacher_row,
+    winners,
+)
 
 POINT_FILES = ("sweep", "prune", "eval", "bench")
 
@@ -30,28 +48,38 @@ def load_point(folder: Path, name: str, overrides: dict, params_path: str) -> di
     rerun = f"run it: python -m pipeline.sweep {name} {params_path}"
     missing = [f for f in POINT_FILES if not details_path(folder / "metrics", f).is_file()]
     if missing:
-        raise FileNotFoundError(f"sweep_report: point {name!r} has no {', '.join(f'{m}.json' for m in missing)} in "
-                                f"{folder / 'metrics' / DETAILS}; {rerun}")
+        raise FileNotFoundError(
+            f"sweep_report: point {name!r} has no {', '.join(f'{m}.json' for m in missing)} in "
+            f"{folder / 'metrics' / DETAILS}; {rerun}"
+        )
     docs = {f: read_json(details_path(folder / "metrics", f)) for f in POINT_FILES}
     if docs["sweep"]["prune"] != overrides:
-        raise ValueError(f"sweep_report: point {name!r} in {folder} was run with {docs['sweep']['prune']}, but "
-                         f"sweep.points.{name} is now {overrides}; {rerun}")
+        raise ValueError(
+            f"sweep_report: point {name!r} in {folder} was run with {docs['sweep']['prune']}, but "
+            f"sweep.points.{name} is now {overrides}; {rerun}"
+        )
     return docs
 
 
 def check_shape(p: dict, bench: dict) -> None:
     """The report's backends and shape must be ones every point's bench times, or its columns are empty."""
     if bad := [b for b in p["backends"] if b not in bench["backends"]]:
-        raise ValueError(f"sweep_report.backends has {bad}, which the points' bench does not time "
-                         f"(bench.backends after sweep.overrides: {bench['backends']})")
+        raise ValueError(
+            f"sweep_report.backends has {bad}, which the points' bench does not time "
+            f"(bench.backends after sweep.overrides: {bench['backends']})"
+        )
     batch, seq = p["shape"]
     if batch not in bench["batch_sizes"] or seq not in bench["seq_lens"] or 1 not in bench["streams"]:
-        raise ValueError(f"sweep_report.shape = {p['shape']} is not in the points' bench grid (batch_sizes "
-                         f"{bench['batch_sizes']}, seq_lens {bench['seq_lens']}, streams {bench['streams']} with 1)")
+        raise ValueError(
+            f"sweep_report.shape = {p['shape']} is not in the points' bench grid (batch_sizes "
+            f"{bench['batch_sizes']}, seq_lens {bench['seq_lens']}, streams {bench['streams']} with 1)"
+        )
 
 
 def read_history(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
 
 
 def cost(points: dict[str, dict], history: list[dict], now: datetime) -> dict:
@@ -61,17 +89,25 @@ def cost(points: dict[str, dict], history: list[dict], now: datetime) -> dict:
     finished = {n: d["sweep"]["finished_at"] for n, d in points.items()}
     fresh = sorted(n for n, at in finished.items() if seen.get(n) != at)
     first = min((points[n]["sweep"]["started_at"] for n in fresh), default=None)
-    return {"at": now.isoformat(timespec="microseconds"), "points": len(points), "recomputed": fresh,
-            "points_wall_time_s_total": round(sum(d["sweep"]["wall_time_s"] for d in points.values()), 1),
-            "recomputed_wall_time_s": round(sum(points[n]["sweep"]["wall_time_s"] for n in fresh), 1),
-            "this_run_wall_time_s": round((now - datetime.fromisoformat(first)).total_seconds(), 1) if first else 0.0,
-            "finished_at": finished}
+    return {
+        "at": now.isoformat(timespec="microseconds"),
+        "points": len(points),
+        "recomputed": fresh,
+        "points_wall_time_s_total": round(sum(d["sweep"]["wall_time_s"] for d in points.values()), 1),
+        "recomputed_wall_time_s": round(sum(points[n]["sweep"]["wall_time_s"] for n in fresh), 1),
+        "this_run_wall_time_s": round((now - datetime.fromisoformat(first)).total_seconds(), 1)
+        if first
+        else 0.0,
+        "finished_at": finished,
+    }
 
 
 def cost_line(c: dict) -> str:
-    return (f"{c['points']} points cost {c['points_wall_time_s_total']:.0f} s of stage wall time in all; this run "
-            f"recomputed {len(c['recomputed'])} ({', '.join(c['recomputed']) or 'none'}) in "
-            f"{c['this_run_wall_time_s']:.0f} s wall, from the first recomputed point's start to this report.")
+    return (
+        f"{c['points']} points cost {c['points_wall_time_s_total']:.0f} s of stage wall time in all; this run "
+        f"recomputed {len(c['recomputed'])} ({', '.join(c['recomputed']) or 'none'}) in "
+        f"{c['this_run_wall_time_s']:.0f} s wall, from the first recomputed point's start to this report."
+    )
 
 
 def main(params_path: str = "params.yaml") -> dict:
@@ -80,11 +116,15 @@ def main(params_path: str = "params.yaml") -> dict:
     check_shape(p, {**load_section("bench", params_path), **sweep["overrides"].get("bench", {})})
     backends, shape = p["backends"], p["shape"]
     with Timer() as t:
-        points = {n: load_point(Path(sweep["out_dir"]) / n, n, o, params_path) for n, o in sweep["points"].items()}
+        points = {
+            n: load_point(Path(sweep["out_dir"]) / n, n, o, params_path) for n, o in sweep["points"].items()
+        }
         base = metrics_dir(params_path)
         teacher = read_json(details_path(base, "teacher"))
-        base_bench, base_eval = (read_json(details_path(base, s)) if details_path(base, s).is_file() else None
-                                 for s in ("bench", "eval"))
+        base_bench, base_eval = (
+            read_json(details_path(base, s)) if details_path(base, s).is_file() else None
+            for s in ("bench", "eval")
+        )
         first = next(iter(points.values()))
         metrics = first["eval"]["metrics"]
         rows = [teacher_row(teacher, metrics, base_bench, base_eval, backends, shape)]
@@ -92,27 +132,50 @@ def main(params_path: str = "params.yaml") -> dict:
         history_path = Path(p["out_dir"]) / "history.jsonl"
         history = read_history(history_path)
         c = cost(points, history, datetime.now(timezone.utc))
-        ctx = {"task": first["eval"]["task"], "metrics": metrics, "backends": backends, "shape": shape,
-               "threads": first["bench"]["threads"], "cpu": first["bench"]["hardware"]["cpu"],
-               "front": front(rows, backends), "cost": cost_line(c)}
+        ctx = {
+            "task": first["eval"]["task"],
+            "metrics": metrics,
+            "backends": backends,
+            "shape": shape,
+            "threads": first["bench"]["threads"],
+            "cpu": first["bench"]["hardware"]["cpu"],
+            "front": front(rows, backends),
+            "cost": cost_line(c),
+        }
         wins = winners(rows, backends[0])
         with atomic_dir(p["out_dir"]) as out:
             (out / "sweep.md").write_text(render(rows, wins, ctx))
-            plot_accuracy(rows, out / "accuracy_vs_remaining.png", "MCC" if "mcc" in metrics else "mean of " + ", ".join(metrics))
+            plot_accuracy(
+                rows,
+                out / "accuracy_vs_remaining.png",
+                "MCC" if "mcc" in metrics else "mean of " + ", ".join(metrics),
+            )
             plot_throughput(rows, out / "throughput_vs_remaining.png", backends, shape, ctx["front"])
             for name, records in plot_data(rows, backends).items():
                 write_json(out / "plots" / name, records)
             (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in [*history, c]))
     for w in wins:
-        print(f"[sweep] {w['level']:>4}: most accurate {w['most_accurate']} ({w['score']:.4f}), "
-              f"fastest on {w['backend']} {w['fastest']} ({w[TPUT]} seq/s)")
+        print(
+            f"[sweep] {w['level']:>4}: most accurate {w['most_accurate']} ({w['score']:.4f}), "
+            f"fastest on {w['backend']} {w['fastest']} ({w[TPUT]} seq/s)"
+        )
     print(f"[sweep] {cost_line(c)}")
-    return write_metrics("sweep_report", {
-        "task": ctx["task"], "shape": shape, "backends": backends, "rows": rows, "winners": wins,
-        "pareto_front": sorted(f"{k[0]} {k[1]}" for k in ctx["front"]),
-        **{k: v for k, v in c.items() if k != "finished_at"},
-        "wall_time_s": round(t.seconds, 2)}, None, base,
-        ("points_wall_time_s_total", "recomputed_wall_time_s", "wall_time_s"))
+    return write_metrics(
+        "sweep_report",
+        {
+            "task": ctx["task"],
+            "shape": shape,
+            "backends": backends,
+            "rows": rows,
+            "winners": wins,
+            "pareto_front": sorted(f"{k[0]} {k[1]}" for k in ctx["front"]),
+            **{k: v for k, v in c.items() if k != "finished_at"},
+            "wall_time_s": round(t.seconds, 2),
+        },
+        None,
+        base,
+        ("points_wall_time_s_total", "recomputed_wall_time_s", "wall_time_s"),
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ How long it trains and at which learning rate scale with the task (pipeline.trai
 `teacher.search_learning_rates` trains one teacher per rate and keeps the best on that split;
 metrics/teacher.json; training curves in dvclive/teacher.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,8 +20,16 @@ from pipeline.core.params import load_section, metrics_dir, upstream_dir
 from pipeline.core.tasks import SCORES
 
 # metrics/teacher.json; the rest goes to metrics/details/teacher.json
-HEADLINE = (*SCORES, "baseline_score", "margin_over_baseline", "beats_baseline", "selected_epoch", "epochs", "train_time_s",
-            "wall_time_s")
+HEADLINE = (
+    *SCORES,
+    "baseline_score",
+    "margin_over_baseline",
+    "beats_baseline",
+    "selected_epoch",
+    "epochs",
+    "train_time_s",
+    "wall_time_s",
+)
 
 
 def task_loss(model, batch, idx):
@@ -45,8 +54,13 @@ def search(p: dict, meta: dict, train, dev, select_on, data_dir, acc, placement,
         result = fit(model, train, dev, meta, tp, task_loss, run, select_on=select_on)
         clear_checkpoint(tp)
         held = (result["best"] or {}).get("score")
-        trials.append({"learning_rate": tp["learning_rate"], "held_out_score": held,
-                       "selected_epoch": (result["best"] or {}).get("epoch")})
+        trials.append(
+            {
+                "learning_rate": tp["learning_rate"],
+                "held_out_score": held,
+                "selected_epoch": (result["best"] or {}).get("epoch"),
+            }
+        )
         if won is None or held is not None and held > won[1]["best"]["score"]:
             won = (model, result, tp, recipe)
     model, result, tp, recipe = won
@@ -70,8 +84,9 @@ def main(params_path: str = "params.yaml") -> dict:
     meta, train, dev = load_inputs(data_dir)
     train, select_on, selection = selection_sets(p, train)
     with Timer() as t:
-        model, result, p, recipe = search(p, meta, train, dev, select_on, data_dir, acc, placement,
-                                          log_root=metrics_dir(params_path).parent)
+        model, result, p, recipe = search(
+            p, meta, train, dev, select_on, data_dir, acc, placement, log_root=metrics_dir(params_path).parent
+        )
         if not acc.is_main_process:  # rank 0 alone scores, saves and writes metrics
             return device.finish(acc, result)
         scores = evaluate(model, dev, meta, p["eval_batch_size"])
@@ -81,16 +96,32 @@ def main(params_path: str = "params.yaml") -> dict:
             save_model(model, load_tokenizer(str(data_dir / "tokenizer")), out)
             write_json(out / QUALITY, q)
     if not q["beats_baseline"]:
-        print(f"[teacher] WEAK TEACHER: dev score {q['score']:.4f} against {q['baseline_score']:.4f} for always "
-              f"answering the majority class (margin {q['margin_over_baseline']:+.4f} < teacher.min_margin "
-              f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true.",
-              scale.weak_teacher_advice(recipe), file=sys.stderr)
+        print(
+            f"[teacher] WEAK TEACHER: dev score {q['score']:.4f} against {q['baseline_score']:.4f} for always "
+            f"answering the majority class (margin {q['margin_over_baseline']:+.4f} < teacher.min_margin "
+            f"{p['min_margin']}); prune will refuse it unless prune.allow_weak_teacher is true.",
+            scale.weak_teacher_advice(recipe),
+            file=sys.stderr,
+        )
     best = result["best"] or {}
-    metrics = write_metrics("teacher", {
-        **scores, **{f"baseline_{k}": v for k, v in baseline.items()}, **q, **selection,
-        "selected_epoch": best.get("epoch", p["epochs"]), "epochs": p["epochs"],
-        "recipe": recipe, **{k: result[k] for k in TRAIN_KEYS}, "wall_time_s": round(t.seconds, 2),
-        "params": sum(x.numel() for x in model.parameters())}, threads, metrics_dir(params_path), HEADLINE)
+    metrics = write_metrics(
+        "teacher",
+        {
+            **scores,
+            **{f"baseline_{k}": v for k, v in baseline.items()},
+            **q,
+            **selection,
+            "selected_epoch": best.get("epoch", p["epochs"]),
+            "epochs": p["epochs"],
+            "recipe": recipe,
+            **{k: result[k] for k in TRAIN_KEYS},
+            "wall_time_s": round(t.seconds, 2),
+            "params": sum(x.numel() for x in model.parameters()),
+        },
+        threads,
+        metrics_dir(params_path),
+        HEADLINE,
+    )
     device.finish(acc)
     return metrics
 

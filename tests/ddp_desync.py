@@ -1,6 +1,7 @@
 """Run under a 2-process launcher by tests/test_ddp.py: every rank hashes its pruning masks and the
 ranks compare hashes, as prune does after each of INC's mask updates. With --desync, rank 1 flips one
 mask bit, and the check must stop the run with the mismatch error."""
+
 import sys
 
 import torch

@@ -3,6 +3,7 @@ seconds without the pipeline, and one pipeline.serving.server process on a free 
 
 Import the fixtures into a test module: `from tests.serving import served, text_bundle  # noqa: F401`.
 """
+
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,17 @@ def build_text_bundle(model_dir: Path, out: Path) -> Path:
     xml = export_ir(model, out)
     tokenizer, _ = convert(model_dir, False, MAX_LENGTH)
     ov.save_model(fuse(tokenizer, xml), str(out / "fused.xml"), compress_to_fp16=False)
-    write_bundle(out / "bundle", "openvino-text", {"model.xml": out / "fused.xml", "model.bin": out / "fused.bin"},
-                 None, labels=LABELS, problem_type="classification", max_length=MAX_LENGTH,
-                 runtime_config={"INFERENCE_PRECISION_HINT": "f32"}, info={"model": "student"})
+    write_bundle(
+        out / "bundle",
+        "openvino-text",
+        {"model.xml": out / "fused.xml", "model.bin": out / "fused.bin"},
+        None,
+        labels=LABELS,
+        problem_type="classification",
+        max_length=MAX_LENGTH,
+        runtime_config={"INFERENCE_PRECISION_HINT": "f32"},
+        info={"model": "student"},
+    )
     return out / "bundle"
 
 

@@ -1,4 +1,5 @@
 """Perturbed copies of train for distillation: what may change, what must not, and the stage's record."""
+
 import numpy as np
 import pytest
 
@@ -28,14 +29,16 @@ def test_augment_appends_copies_with_lengths_types_labels_and_specials_kept(ragg
     out = augment(ragged, 2, 0.5, 0, MASK, SPECIAL)
     n = len(ragged)
     assert len(out) == 3 * n
-    assert (out.lengths == np.tile(ragged.lengths, 3)).all() and (out.labels == np.tile(ragged.labels, 3)).all()
+    assert (out.lengths == np.tile(ragged.lengths, 3)).all() and (
+        out.labels == np.tile(ragged.labels, 3)
+    ).all()
     assert (out.types == np.tile(ragged.types, 3)).all()
     assert (out.ids[: len(ragged.ids)] == ragged.ids).all()  # the originals come first, unchanged
     for c in (1, 2):
-        copy = out.ids[c * len(ragged.ids):(c + 1) * len(ragged.ids)]
+        copy = out.ids[c * len(ragged.ids) : (c + 1) * len(ragged.ids)]
         assert (copy[ragged.offsets[:-1]] == 2).all()
         assert 0.3 < (copy != ragged.ids).mean() < 0.55
-    assert not (out.ids[len(ragged.ids):2 * len(ragged.ids)] == out.ids[2 * len(ragged.ids):]).all()
+    assert not (out.ids[len(ragged.ids) : 2 * len(ragged.ids)] == out.ids[2 * len(ragged.ids) :]).all()
     assert augment(ragged, 0, 0.5, 0, MASK, SPECIAL) is ragged
 
 

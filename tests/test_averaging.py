@@ -1,4 +1,5 @@
 """Tail averaging: the running mean against a hand average, zeros kept, checkpoints, and a prune run."""
+
 import pytest
 import torch
 
@@ -78,8 +79,10 @@ def test_average_tail_refuses_a_selected_epoch_or_no_tail(project):
     params, _ = project
     with pytest.raises(ParamsError, match="prune.average_tail = true with prune.selection = 'train_split'"):
         validate("prune", {**params["prune"], "average_tail": True, "selection": "train_split"})
-    for key, value, needle in (("end", 1.0, "prune.end = 1.0 .must be < 1."),
-                               ("target_sparsity", 0.0, "prune.target_sparsity = 0.0 .must be > 0.")):
+    for key, value, needle in (
+        ("end", 1.0, "prune.end = 1.0 .must be < 1."),
+        ("target_sparsity", 0.0, "prune.target_sparsity = 0.0 .must be > 0."),
+    ):
         with pytest.raises(ParamsError, match=needle):
             validate("prune", {**params["prune"], "average_tail": True, key: value})
 
@@ -101,11 +104,15 @@ def test_seeds_keep_the_paired_last_step_of_an_averaged_run():
     def last_step(m):
         return paired(m, "tail_average", "last_step_scores", "last_step")
 
-    m = {"tail_average": {"steps": 9, "last_step_scores": {"accuracy": 0.70, "f1": 0.80, "score": 0.75}},
-         "teacher": {"accuracy": 0.80, "f1": 0.84, "score": 0.82}}
+    m = {
+        "tail_average": {"steps": 9, "last_step_scores": {"accuracy": 0.70, "f1": 0.80, "score": 0.75}},
+        "teacher": {"accuracy": 0.80, "f1": 0.84, "score": 0.82},
+    }
     got = last_step(m)
     assert got["last_step_delta_accuracy"] == pytest.approx(-0.10) and got["last_step_f1"] == 0.80
     assert last_step({"tail_average": None}) == {}
     runs = [{"target_sparsity": 0.95, "accuracy": a, **got} for a in (0.71, 0.73)]
     s = summarize(runs)["0.95"]
-    assert s["accuracy"]["mean"] == pytest.approx(0.72) and s["last_step_delta_f1"]["mean"] == pytest.approx(-0.04)
+    assert s["accuracy"]["mean"] == pytest.approx(0.72) and s["last_step_delta_f1"]["mean"] == pytest.approx(
+        -0.04
+    )

@@ -1,5 +1,6 @@
 """The benchmark_app cross-check fails soft: a missing or failing tool is an error in its row, never a
 crash of bench. Stand-in executables, so no OpenVINO model is needed."""
+
 import json
 
 import pytest
@@ -26,7 +27,10 @@ def fake_tool(folder, script: str) -> None:
 
 def test_missing_benchmark_app_is_an_error_not_a_crash(bindir):
     ba = harness.benchmark_app(bindir / "int8.xml", *ARGS)
-    assert ba["error"] == f"benchmark_app not found at {bindir / 'benchmark_app'} (it comes with the openvino package)"
+    assert (
+        ba["error"]
+        == f"benchmark_app not found at {bindir / 'benchmark_app'} (it comes with the openvino package)"
+    )
     assert "-data_shape" in ba["command"] and "seq_per_s" not in ba
 
 
@@ -44,10 +48,19 @@ def test_benchmark_app_throughput_counts_sequences(bindir):
 
 def test_bench_crosscheck_records_the_error_and_goes_on(bindir, capsys):
     (bindir / "compile_config.json").write_text(json.dumps(ARGS[0]))
-    ours = {"model": "student", "backend": "ov-int8", "batch": 1, "seq_len": 16, "streams": 1,
-            "throughput_seq_per_s": 500.0}
+    ours = {
+        "model": "student",
+        "backend": "ov-int8",
+        "batch": 1,
+        "seq_len": 16,
+        "streams": 1,
+        "throughput_seq_per_s": 500.0,
+    }
     p = {"crosscheck_shapes": [[1, 16]], "crosscheck_seconds": 1}
     [row] = crosscheck([ours], p, 1, ModelPaths(bindir, bindir / "model.onnx", bindir))
     assert row["ours_seq_per_s"] == 500.0 and "ratio" not in row
     assert row["benchmark_app"]["error"].startswith("benchmark_app not found at")
-    assert "[bench] benchmark_app cross-check at b1 s16 failed: benchmark_app not found" in capsys.readouterr().err
+    assert (
+        "[bench] benchmark_app cross-check at b1 s16 failed: benchmark_app not found"
+        in capsys.readouterr().err
+    )

@@ -1,5 +1,6 @@
 """prune.calibrate: the threshold shift against hand cases, its sign in the model, refusals, and a prune run
 that fits it on held-out train rows only."""
+
 import numpy as np
 import pytest
 import torch
@@ -47,8 +48,10 @@ def test_apply_shift_lowers_the_positive_margin_by_the_shift():
     assert torch.allclose(after[:, 1] - after[:, 0], before[:, 1] - before[:, 0] - 0.8)
 
 
-@pytest.mark.parametrize("meta", [{"problem_type": "regression", "num_labels": 1},
-                                  {"problem_type": "classification", "num_labels": 3}])
+@pytest.mark.parametrize(
+    "meta",
+    [{"problem_type": "regression", "num_labels": 1}, {"problem_type": "classification", "num_labels": 3}],
+)
 def test_calibration_is_refused_where_there_is_no_single_threshold(meta):
     with pytest.raises(ValueError, match="prune.calibrate = 'train_split' needs a two-class task"):
         check_task({**meta, "task": "x"})
@@ -66,10 +69,14 @@ def test_prune_calibrates_on_held_out_train_rows_only(trained, monkeypatch, extr
     params["prune"].update({"calibrate": "train_split", "epochs": 2, **extra})
     predicted, cached = [], []
     real_predict, real_cache = loop.predict, teacher_cache.maybe_build
-    monkeypatch.setattr(loop, "predict",
-                        lambda model, ds, *a, **k: (predicted.append(ds), real_predict(model, ds, *a, **k))[1])
-    monkeypatch.setattr(teacher_cache, "maybe_build",
-                        lambda t, rows, *a: (cached.append(rows), real_cache(t, rows, *a))[1])
+    monkeypatch.setattr(
+        loop,
+        "predict",
+        lambda model, ds, *a, **k: (predicted.append(ds), real_predict(model, ds, *a, **k))[1],
+    )
+    monkeypatch.setattr(
+        teacher_cache, "maybe_build", lambda t, rows, *a: (cached.append(rows), real_cache(t, rows, *a))[1]
+    )
     m = prune.main(write(params))
     cal = m["calibration"]
     _, train, dev = load_inputs(params["data"]["out_dir"])
@@ -80,7 +87,9 @@ def test_prune_calibrates_on_held_out_train_rows_only(trained, monkeypatch, extr
     assert len(cached) == 1 and not rows(cached[0]) & rows(held)  # the teacher's targets too
     assert set(cal["uncalibrated_scores"]) == {k for k in m if f"delta_{k}" in m}
     fitted_on = [ds for ds in predicted if len(ds) == len(held) and np.array_equal(ds.ids, held.ids)]
-    assert fitted_on and all(np.array_equal(ds.ids, held.ids) or np.array_equal(ds.ids, dev.ids) for ds in predicted)
+    assert fitted_on and all(
+        np.array_equal(ds.ids, held.ids) or np.array_equal(ds.ids, dev.ids) for ds in predicted
+    )
     assert (m["tail_average"] is not None) == bool(extra)
     # the saved student carries the shift: it scores held_out_score_after on the held rows, and the
     # shift undone gives held_out_score_before
@@ -97,15 +106,19 @@ def test_calibration_refuses_a_student_that_saw_the_held_out_rows(project):
 
     params, _ = project
     for key, value in (("init", "teacher"), ("reuse_teacher_head", True)):
-        with pytest.raises(ParamsError, match="prune.calibrate = 'train_split' with .*the teacher trained on every"):
+        with pytest.raises(
+            ParamsError, match="prune.calibrate = 'train_split' with .*the teacher trained on every"
+        ):
             validate("prune", {**params["prune"], "calibrate": "train_split", key: value})
 
 
 def test_seeds_keep_the_uncalibrated_control():
     from pipeline.seeds import paired, summarize
 
-    m = {"calibration": {"uncalibrated_scores": {"accuracy": 0.70, "f1": 0.80, "score": 0.75}},
-         "teacher": {"accuracy": 0.80, "f1": 0.84, "score": 0.82}}
+    m = {
+        "calibration": {"uncalibrated_scores": {"accuracy": 0.70, "f1": 0.80, "score": 0.75}},
+        "teacher": {"accuracy": 0.80, "f1": 0.84, "score": 0.82},
+    }
     got = paired(m, "calibration", "uncalibrated_scores", "uncalibrated")
     assert got["uncalibrated_delta_accuracy"] == pytest.approx(-0.10)
     s = summarize([{"target_sparsity": 0.95, "accuracy": a, **got} for a in (0.71, 0.73)])["0.95"]

@@ -1,4 +1,5 @@
 """Readers and the data stage: GLUE layout, user files, and clear errors for bad input."""
+
 import csv
 import json
 import os
@@ -13,8 +14,10 @@ from pipeline.core.tokens import Tokens
 from pipeline.training.loop import length_grouped_batches
 
 MRPC_HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-MRPC_ROWS = ['1\t1\t2\t"Officials at Brandeis said .\tThey said so .\n',
-             "0\t3\t4\tA cat sat .\tA dog ran .\n"]
+MRPC_ROWS = [
+    '1\t1\t2\t"Officials at Brandeis said .\tThey said so .\n',
+    "0\t3\t4\tA cat sat .\tA dog ran .\n",
+]
 
 
 def write_glue(root):
@@ -29,14 +32,18 @@ def test_glue_reader_keeps_quotes_and_strips_bom(tmp_path):
     glue = write_glue(tmp_path)
     header, rows = read_table(glue / "MRPC" / "train.tsv", quoting=csv.QUOTE_NONE)
     assert header[0] == "Quality" and len(rows) == 16
-    assert len(read_table(glue / "MRPC" / "train.tsv")[1]) < 16   # a quoting reader merges rows: why GLUE opts out
+    assert (
+        len(read_table(glue / "MRPC" / "train.tsv")[1]) < 16
+    )  # a quoting reader merges rows: why GLUE opts out
     picked = pick_columns("f", header, rows, "#1 String", "#2 String", "Quality")
     assert picked[0] == ('"Officials at Brandeis said .', "They said so .", "1")
 
 
 def test_glue_task_through_stage(project, tmp_path):
     params, write = project
-    params["data"].update(source="glue", task="MRPC", glue_dir=str(write_glue(tmp_path)), max_train_samples=None)
+    params["data"].update(
+        source="glue", task="MRPC", glue_dir=str(write_glue(tmp_path)), max_train_samples=None
+    )
     m = data.main(write(params))
     assert m["task"] == "mrpc" and m["train_examples"] == 16
     meta = json.loads((tmp_path / "data_out" / "meta.json").read_text())
@@ -51,19 +58,28 @@ def test_user_jsonl_regression(project, tmp_path):
     rows = [{"a": f"text {i}", "b": f"other {i}", "y": i / 10} for i in range(20)]
     for name in ("tr.jsonl", "ev.jsonl"):
         (tmp_path / name).write_text("\n".join(map(json.dumps, rows)))
-    params["data"].update(train_file=str(tmp_path / "tr.jsonl"), eval_file=str(tmp_path / "ev.jsonl"),
-                          text_column="a", text_pair_column="b", label_column="y", labels=None,
-                          metrics=["pearson", "spearman"])
+    params["data"].update(
+        train_file=str(tmp_path / "tr.jsonl"),
+        eval_file=str(tmp_path / "ev.jsonl"),
+        text_column="a",
+        text_pair_column="b",
+        label_column="y",
+        labels=None,
+        metrics=["pearson", "spearman"],
+    )
     data.main(write(params))
     meta = json.loads((tmp_path / "data_out" / "meta.json").read_text())
     assert meta["problem_type"] == "regression" and meta["num_labels"] == 1
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"train_file": "missing.tsv"}, "missing.tsv' not found"),
-    ({"text_column": "review"}, "column 'review' not found; columns: sentence, label"),
-    ({"labels": ["neg", "pos"]}, "data row 1 has unknown label 'negative'; allowed: neg, pos"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"train_file": "missing.tsv"}, "missing.tsv' not found"),
+        ({"text_column": "review"}, "column 'review' not found; columns: sentence, label"),
+        ({"labels": ["neg", "pos"]}, "data row 1 has unknown label 'negative'; allowed: neg, pos"),
+    ],
+)
 def test_bad_input_is_named(project, change, needle):
     params, write = project
     params["data"].update(change)
@@ -77,7 +93,9 @@ def test_f1_needs_two_classes(project, tmp_path):
     rows = "sentence\tlabel\n" + "".join(f"text {i}\t{'abc'[i % 3]}\n" for i in range(30))
     for name in ("tr.tsv", "ev.tsv"):
         (tmp_path / name).write_text(rows)
-    params["data"].update(train_file=str(tmp_path / "tr.tsv"), eval_file=str(tmp_path / "ev.tsv"), labels=None)
+    params["data"].update(
+        train_file=str(tmp_path / "tr.tsv"), eval_file=str(tmp_path / "ev.tsv"), labels=None
+    )
     with pytest.raises(DataError, match="f1, which is binary.*3 labels"):
         data.main(write(params))
 
@@ -91,7 +109,10 @@ def test_empty_file_is_named(tmp_path):
 def test_undecodable_byte_names_file_and_offset(tmp_path):
     """Latin-1 "café" in a UTF-8 file, after a BOM: the offset counts from the file's first byte."""
     head = "\ufeffsentence\tlabel\ngood row\tpositive\n".encode()
-    for name, bad in (("bad.tsv", b"caf\xe9 au lait\tnegative\n"), ("bad.jsonl", b'{"sentence": "caf\xe9"}\n')):
+    for name, bad in (
+        ("bad.tsv", b"caf\xe9 au lait\tnegative\n"),
+        ("bad.jsonl", b'{"sentence": "caf\xe9"}\n'),
+    ):
         path = tmp_path / name
         path.write_bytes(head + bad)
         offset = len(head) + bad.index(b"\xe9")
@@ -109,8 +130,8 @@ def test_length_grouped_batches_cover_everything_once():
     batches = length_grouped_batches(lengths, 32, seed=1)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(1000))
-    assert lengths[batches[0]].max() == lengths.max()          # longest batch first
-    spread = np.mean([np.ptp(lengths[b]) for b in batches])     # grouped: similar lengths per batch
+    assert lengths[batches[0]].max() == lengths.max()  # longest batch first
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])  # grouped: similar lengths per batch
     random_spread = np.mean([np.ptp(lengths[b]) for b in length_grouped_batches(lengths, 32, 1, group=False)])
     assert spread < random_spread / 3
     assert [b.tolist() for b in length_grouped_batches(lengths, 32, seed=1)] == [b.tolist() for b in batches]

@@ -2,6 +2,7 @@
 and accelerate launch) for teacher and prune. Both ranks finish, masks agree at every INC update,
 the target sparsity is reached, rank 0 alone writes, the loss follows the single-process run with the
 same global batch, a desynchronised mask stops the run, and a killed 2-process run resumes."""
+
 import json
 import os
 import signal
@@ -28,18 +29,36 @@ def accelerate_launch() -> list[str]:
         port = s.getsockname()[1]
     # Accelerate 1.15 starts several CPU processes only through mpirun (--cpu alone starts one) or its
     # multi_gpu launcher (torchrun underneath); the stage's Accelerator(cpu=True) then runs gloo on the CPU.
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
-            "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(port),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def launch(launcher: list[str], module: str, params: str, timeout: float = 420) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*launcher, "-m", module, params], env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+def launch(
+    launcher: list[str], module: str, params: str, timeout: float = 420
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [*launcher, "-m", module, params], env=env(), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -48,8 +67,14 @@ def ddp_params(params: dict, write, root: Path, name: str) -> str:
     """A params file in its own folder (its own metrics/), sharing data and teacher, writing prune apart."""
     folder = root / name
     folder.mkdir()
-    p = {**params, "prune": {**params["prune"], "out_dir": str(folder / "student"),
-                             "checkpoint_dir": str(folder / "ckpt")}}
+    p = {
+        **params,
+        "prune": {
+            **params["prune"],
+            "out_dir": str(folder / "student"),
+            "checkpoint_dir": str(folder / "ckpt"),
+        },
+    }
     (folder / "params.yaml").write_text(yaml.safe_dump(p))
     return str(folder / "params.yaml")
 
@@ -89,8 +114,14 @@ def test_two_process_teacher_writes_once(trained, tmp_path):
     params, write = trained
     folder = tmp_path / "t2"
     folder.mkdir()
-    p = {**params, "teacher": {**params["teacher"], "out_dir": str(folder / "teacher"),
-                               "checkpoint_dir": str(folder / "ckpt")}}
+    p = {
+        **params,
+        "teacher": {
+            **params["teacher"],
+            "out_dir": str(folder / "teacher"),
+            "checkpoint_dir": str(folder / "ckpt"),
+        },
+    }
     (folder / "params.yaml").write_text(yaml.safe_dump(p))
     launch(TORCHRUN, "pipeline.teacher", str(folder / "params.yaml"))
     m = details(str(folder / "params.yaml"), "teacher")
@@ -99,11 +130,21 @@ def test_two_process_teacher_writes_once(trained, tmp_path):
 
 
 def test_a_rank_with_other_masks_stops_the_run():
-    ok = subprocess.run([*TORCHRUN, str(ROOT / "tests" / "ddp_desync.py")], env=env(), capture_output=True,
-                        text=True, timeout=180)
+    ok = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests" / "ddp_desync.py")],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert ok.returncode == 0 and ok.stdout.count("masks in sync") == 2, ok.stderr[-2000:]
-    bad = subprocess.run([*TORCHRUN, str(ROOT / "tests" / "ddp_desync.py"), "--desync"], env=env(),
-                         capture_output=True, text=True, timeout=180)
+    bad = subprocess.run(
+        [*TORCHRUN, str(ROOT / "tests" / "ddp_desync.py"), "--desync"],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert bad.returncode != 0
     assert "pruning masks differ between ranks after the mask update at step 2" in bad.stderr
 
@@ -116,8 +157,12 @@ def test_a_killed_two_process_prune_resumes(ddp_trained):
     p = yaml.safe_load(Path(path).read_text())
     p["prune"]["checkpoint_dir"] = str(ckpt)
     Path(path).write_text(yaml.safe_dump(p))
-    proc = subprocess.Popen([*TORCHRUN, "-m", "pipeline.prune", path], env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "pipeline.prune", path],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     try:
         while not (ckpt / "state.pt").exists():
@@ -126,7 +171,9 @@ def test_a_killed_two_process_prune_resumes(ddp_trained):
             time.sleep(0.02)
     finally:
         for victim in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-            victim.send_signal(signal.SIGKILL)  # both ranks (torchrun starts them in sessions of their own), then it
+            victim.send_signal(
+                signal.SIGKILL
+            )  # both ranks (torchrun starts them in sessions of their own), then it
         proc.wait()
     assert not Path(p["prune"]["out_dir"]).exists()
     assert (ckpt / "state.pt").exists(), sorted(ckpt.iterdir())
@@ -142,7 +189,10 @@ def test_ddp_throughput_compares_one_and_two_processes_on_the_same_params(traine
 
     params, write = trained
     r = ddp_throughput.main([write(params), "--rounds", "1"])
-    assert set(r["median_samples_per_s"]) == {"1", "2"} and all(v > 0 for v in r["median_samples_per_s"].values())
-    assert r["ratio_n_over_1"] == pytest.approx(r["median_samples_per_s"]["2"] / r["median_samples_per_s"]["1"],
-                                                rel=1e-2)
+    assert set(r["median_samples_per_s"]) == {"1", "2"} and all(
+        v > 0 for v in r["median_samples_per_s"].values()
+    )
+    assert r["ratio_n_over_1"] == pytest.approx(
+        r["median_samples_per_s"]["2"] / r["median_samples_per_s"]["1"], rel=1e-2
+    )
     assert not (Path(write(params)).parent / ".ddp_throughput").exists()

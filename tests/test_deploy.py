@@ -1,5 +1,6 @@
 """deploy: the format chosen from bench and eval (AMX-like and AVX2-like fixtures), the string-in model
 and its parity gate, and the OVMS and Triton repositories validated the way their servers read them."""
+
 import copy
 import json
 import os
@@ -19,13 +20,25 @@ AVX2 = {"ov-int8": 27.5, "ov-fp32": 29.5, "ort-int8": 51.2}
 
 
 def bench_rows(figures: dict, model="student", shape=(32, 128)) -> list[dict]:
-    return [{"model": model, "backend": b, "streams": 1, "batch": shape[0], "seq_len": shape[1],
-             "throughput_seq_per_s": v, "latency_ms_p50": 1000 * shape[0] / v} for b, v in figures.items()]
+    return [
+        {
+            "model": model,
+            "backend": b,
+            "streams": 1,
+            "batch": shape[0],
+            "seq_len": shape[1],
+            "throughput_seq_per_s": v,
+            "latency_ms_p50": 1000 * shape[0] / v,
+        }
+        for b, v in figures.items()
+    ]
 
 
 def eval_rows(flagged=(), model="student") -> list[dict]:
-    return [{"model": model, "backend": b, "flagged": b in flagged}
-            for b in ("ov-int8", "ov-int8-dense", "ov-fp32", "ort-int8", "ort-fp32")]
+    return [
+        {"model": model, "backend": b, "flagged": b in flagged}
+        for b in ("ov-int8", "ov-int8-dense", "ov-fp32", "ort-int8", "ort-fp32")
+    ]
 
 
 def test_schema_targets_are_the_target_registry():
@@ -36,19 +49,31 @@ def test_schema_targets_are_the_target_registry():
 def test_auto_picks_the_fastest_on_the_machine_that_benched(figures, want):
     got = choose("auto", "student", (32, 128), bench_rows(figures), eval_rows())
     assert got["target"] == want and got["requested"] == "auto"
-    assert {c["target"]: c["throughput_seq_per_s"] for c in got["candidates"]}["openvino-fp32"] == figures["ov-fp32"]
+    assert {c["target"]: c["throughput_seq_per_s"] for c in got["candidates"]}["openvino-fp32"] == figures[
+        "ov-fp32"
+    ]
 
 
 def test_auto_skips_a_target_outside_eval_tolerance_and_other_shapes():
-    got = choose("auto", "student", (32, 128), bench_rows(AVX2) + bench_rows({"ov-int8": 1e6}, shape=(1, 32)),
-                 eval_rows(flagged=("ort-int8",)))
+    got = choose(
+        "auto",
+        "student",
+        (32, 128),
+        bench_rows(AVX2) + bench_rows({"ov-int8": 1e6}, shape=(1, 32)),
+        eval_rows(flagged=("ort-int8",)),
+    )
     assert got["target"] == "openvino-fp32"  # ort-int8 is faster but drifted; the b1 cell is another shape
 
 
 def test_auto_turns_the_sparse_kernel_off_when_bench_says_it_is_slower():
     """The 90% student on an AMX Xeon (issue 26): the sparse kernel at 250.4 seq/s, the same IR without it at 290.9."""
-    got = choose("auto", "student", (32, 128), bench_rows({**AMX, "ov-int8": 250.4, "ov-int8-dense": 290.9}),
-                 eval_rows())
+    got = choose(
+        "auto",
+        "student",
+        (32, 128),
+        bench_rows({**AMX, "ov-int8": 250.4, "ov-int8-dense": 290.9}),
+        eval_rows(),
+    )
     assert got["target"] == "openvino-int8-dense"
     assert fastest_ov_int8(got["candidates"]) == "openvino-int8-dense"
     kept = choose("auto", "student", (32, 128), bench_rows({**AMX, "ov-int8-dense": 300.0}), eval_rows())
@@ -78,16 +103,31 @@ def test_no_candidate_and_unknown_target_are_clear_errors():
 
 # --- the stage on the tiny pipeline ---------------------------------------------------------------------------
 
+
 def test_deploy_stage_writes_a_fused_bundle_and_valid_repositories(built):
     params, _, m = built
     d = m["deploy"]["models"]["student"]
     bench = m["bench"]["results"]
-    ran = {c["target"]: c["throughput_seq_per_s"] for c in d["choice"]["candidates"] if c["throughput_seq_per_s"]}
-    assert d["target"] == max(ran, key=ran.get) and set(ran) == {"openvino-int8", "openvino-int8-dense", "onnxruntime-int8"}
-    assert all(any(r["backend"] == c["backend"] and r["throughput_seq_per_s"] == c["throughput_seq_per_s"]
-                   for r in bench) for c in d["choice"]["candidates"] if c["throughput_seq_per_s"])
+    ran = {
+        c["target"]: c["throughput_seq_per_s"] for c in d["choice"]["candidates"] if c["throughput_seq_per_s"]
+    }
+    assert d["target"] == max(ran, key=ran.get) and set(ran) == {
+        "openvino-int8",
+        "openvino-int8-dense",
+        "onnxruntime-int8",
+    }
+    assert all(
+        any(
+            r["backend"] == c["backend"] and r["throughput_seq_per_s"] == c["throughput_seq_per_s"]
+            for r in bench
+        )
+        for c in d["choice"]["candidates"]
+        if c["throughput_seq_per_s"]
+    )
     repos = m["deploy"]["repositories"]
-    assert [r["name"] for r in repos["ovms"]] == ["student"] and repos["ovms"][0]["inputs"] == {"text": "<Type: 'string'>"}
+    assert [r["name"] for r in repos["ovms"]] == ["student"] and repos["ovms"][0]["inputs"] == {
+        "text": "<Type: 'string'>"
+    }
     assert {r["name"] for r in repos["triton"]} == {"student", "student-gpu", "student-openvino"}
     assert d["bundle_size"]["gzip_bytes"] < d["bundle_size"]["bytes"]
 
@@ -103,17 +143,29 @@ def test_openvino_target_bundle_is_string_in_and_matches_the_token_in_ir(built, 
     shutil.copytree(Path(path).parent / "metrics", tmp_path / "metrics")
     got = deploy.main(str(tmp_path / "params.yaml"))["models"]["student"]
     gate = got["string_input"]["parity"]
-    assert got["string_input"]["fused"] and gate["passed"] and gate["rows"] == 48 and gate["token_mismatch_rows"] == 0
+    assert (
+        got["string_input"]["fused"]
+        and gate["passed"]
+        and gate["rows"] == 48
+        and gate["token_mismatch_rows"] == 0
+    )
     b = Bundle(tmp_path / "b" / "student")
     assert b.manifest["engine"] == "openvino-text" and b.input_names == ["text"]
     assert not (tmp_path / "b" / "student" / "tokenizer.json").exists()
     assert got["latency_b1"]["fused"]["latency_ms_p50"] > 0
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import runner; b = runner.Bundle(sys.argv[1]);"
-            "assert b.predict(['fine', 'bad']); bad = [m for m in ('torch', 'transformers', 'tokenizers', 'pipeline')"
-            " if m in sys.modules]; assert not bad, bad")
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b" / "student")], capture_output=True,
-                         text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-                         cwd=tmp_path)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import runner; b = runner.Bundle(sys.argv[1]);"
+        "assert b.predict(['fine', 'bad']); bad = [m for m in ('torch', 'transformers', 'tokenizers', 'pipeline')"
+        " if m in sys.modules]; assert not bad, bad"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "b" / "student")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr  # the string-in bundle needs openvino + openvino-tokenizers only
 
 
@@ -131,6 +183,7 @@ def test_parity_gate_catches_a_tokenizer_that_disagrees(built):
 
 
 # --- repositories ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def serving(built, tmp_path):
@@ -156,11 +209,16 @@ def test_ovms_plugin_config_that_does_not_apply_is_refused(serving):
         validate_ovms(serving / "ovms")
 
 
-@pytest.mark.parametrize("old,new,match", [("TYPE_INT64", "TYPE_FP32", "do not match"),
-                                            ('name: "student"', 'name: "other"', "folder"),
-                                            ("dims: [-1]", "dims: [-1, 4]", "do not match"),
-                                            ('backend: "onnxruntime"', 'backend: "openvino"', "needs"),
-                                            ("dynamic_batching { }", "", "dynamic_batching")])
+@pytest.mark.parametrize(
+    "old,new,match",
+    [
+        ("TYPE_INT64", "TYPE_FP32", "do not match"),
+        ('name: "student"', 'name: "other"', "folder"),
+        ("dims: [-1]", "dims: [-1, 4]", "do not match"),
+        ('backend: "onnxruntime"', 'backend: "openvino"', "needs"),
+        ("dynamic_batching { }", "", "dynamic_batching"),
+    ],
+)
 def test_triton_config_that_disagrees_with_the_model_is_refused(serving, old, new, match):
     from pipeline.serving.repository import RepositoryError, validate_triton
 
@@ -173,7 +231,9 @@ def test_triton_config_that_disagrees_with_the_model_is_refused(serving, old, ne
 def test_ovms_enum_read_back_must_match_exactly():
     from pipeline.serving.repository import _same_property
 
-    assert _same_property("LATENCY", "PerformanceMode.LATENCY") and _same_property("0.88", "0.8799999952316284")
+    assert _same_property("LATENCY", "PerformanceMode.LATENCY") and _same_property(
+        "0.88", "0.8799999952316284"
+    )
     assert not _same_property("THROUGHPUT", "CUMULATIVE_THROUGHPUT") and not _same_property("f16", "bf16")
 
 
@@ -212,12 +272,27 @@ def test_pair_tasks_fuse_two_string_inputs_and_the_bundle_answers_pairs(built, t
     gate = parity(tok, fused, xml, hf, rows, 64, 1e-3)
     assert gate["passed"] and gate["token_mismatch_rows"] == 0, gate
     ov.save_model(fused, str(tmp_path / "model.xml"), compress_to_fp16=False)
-    common = dict(labels=["negative", "positive"], problem_type="classification", max_length=64,
-                  runtime_config={"INFERENCE_PRECISION_HINT": "f32"}, info={"model": "student", "pairs": True})
-    write_bundle(tmp_path / "text", "openvino-text", {"model.xml": tmp_path / "model.xml",
-                                                     "model.bin": tmp_path / "model.bin"}, None, **common)
-    write_bundle(tmp_path / "tokens", "openvino", {"model.xml": xml, "model.bin": xml.with_suffix(".bin")},
-                 data / "tokenizer", **common)
+    common = dict(
+        labels=["negative", "positive"],
+        problem_type="classification",
+        max_length=64,
+        runtime_config={"INFERENCE_PRECISION_HINT": "f32"},
+        info={"model": "student", "pairs": True},
+    )
+    write_bundle(
+        tmp_path / "text",
+        "openvino-text",
+        {"model.xml": tmp_path / "model.xml", "model.bin": tmp_path / "model.bin"},
+        None,
+        **common,
+    )
+    write_bundle(
+        tmp_path / "tokens",
+        "openvino",
+        {"model.xml": xml, "model.bin": xml.with_suffix(".bin")},
+        data / "tokenizer",
+        **common,
+    )
     a, b = Bundle(tmp_path / "text"), Bundle(tmp_path / "tokens")
     assert a.input_names == ["text", "text_pair"]
     firsts, seconds = [t for t, _ in rows[:10]], [p for _, p in rows[:10]]

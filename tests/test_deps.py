@@ -2,6 +2,7 @@
 exactly the project modules its command imports (the ast closure), and package __init__ files hold
 no code. `python tests/test_deps.py` prints the deps each stage should list; `--write` puts them in
 the dvc.yaml files (other deps, comments and order of stages are kept)."""
+
 import ast
 import re
 import sys
@@ -13,7 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline",)  # stages, and the libraries in its subpackages
 DVC_FILES = ("dvc.yaml", "sweeps/dvc.yaml")
-MODULE_RE = re.compile(r"(?:python|\$\{\w+\.launcher\}) -m (pipeline\.\w+)")  # launcher: python, torchrun, accelerate
+MODULE_RE = re.compile(
+    r"(?:python|\$\{\w+\.launcher\}) -m (pipeline\.\w+)"
+)  # launcher: python, torchrun, accelerate
 
 
 def module_file(name: str) -> Path | None:
@@ -87,7 +90,7 @@ def dvc_stages():
 @pytest.mark.parametrize("where,cmd,listed", list(dvc_stages()), ids=lambda v: v if ":" in str(v) else "")
 def test_dvc_deps_equal_the_import_closure(where, cmd, listed):
     want = expected_deps(cmd)
-    assert listed == want, (f"{where}: missing {sorted(want - listed)}, not imported {sorted(listed - want)}")
+    assert listed == want, f"{where}: missing {sorted(want - listed)}, not imported {sorted(listed - want)}"
 
 
 def test_no_stage_imports_another_stage():
@@ -98,8 +101,12 @@ def test_no_stage_imports_another_stage():
 
 def test_library_never_imports_a_stage():
     stages = stage_modules()
-    lib = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
-           if f"pipeline.{p.stem}" not in stages or p.parent != ROOT / "pipeline"]
+    lib = [
+        p
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if f"pipeline.{p.stem}" not in stages or p.parent != ROOT / "pipeline"
+    ]
     bad = {str(p.relative_to(ROOT)): sorted(direct_imports(p) & stages) for p in lib}
     assert not {k: v for k, v in bad.items() if v}
 
@@ -107,12 +114,16 @@ def test_library_never_imports_a_stage():
 def test_init_files_hold_only_a_docstring():
     for init in [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("__init__.py")]:
         body = ast.parse(init.read_text()).body
-        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), init
+        assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), (
+            init
+        )
 
 
 def test_closure_follows_function_level_and_package_imports(tmp_path):
     # pipeline.prune imports the INC adapter inside main(), through `from pipeline.training import ...`
-    assert {"pipeline.training.inc", "pipeline.training.student", "pipeline.core.params"} <= closure("pipeline.prune")
+    assert {"pipeline.training.inc", "pipeline.training.student", "pipeline.core.params"} <= closure(
+        "pipeline.prune"
+    )
     assert "pipeline.training.inc" not in closure("pipeline.export")
 
 
@@ -133,7 +144,11 @@ def rewrite(rel: str) -> None:
             want = []
         elif want is not None and not item:
             want = None
-        if not (item and want is not None and (item.group(2).endswith((".py", "defaults.yaml")) or item.group(2) in PACKAGES)):
+        if not (
+            item
+            and want is not None
+            and (item.group(2).endswith((".py", "defaults.yaml")) or item.group(2) in PACKAGES)
+        ):
             out.append(line)
     path.write_text("\n".join(out) + "\n")
 

@@ -1,4 +1,5 @@
 """Distillation pieces on small tensors: the teacher-output cache against a live teacher forward."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,14 +11,27 @@ from pipeline.training.distill import layer_map
 from pipeline.training.student import make_loss, teacher_layers
 from pipeline.training.teacher_cache import TeacherCache, maybe_build, size_mb
 
-P = {"alpha_ce": 0.5, "beta_kd": 0.5, "gamma_hidden": 1.0, "temperature": 2.0, "attention_mse": 1.0,
-     "last_hidden_mse": 0.5}
+P = {
+    "alpha_ce": 0.5,
+    "beta_kd": 0.5,
+    "gamma_hidden": 1.0,
+    "temperature": 2.0,
+    "attention_mse": 1.0,
+    "last_hidden_mse": 0.5,
+}
 
 
 def tiny_bert(seed: int, layers: int = 2):
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
     return BertForSequenceClassification(cfg).eval()
 
 
@@ -26,8 +40,15 @@ def ragged(tmp_path) -> Tokens:
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 20, 24)
     ids = rng.integers(5, 50, lengths.sum()).astype(np.int64)
-    save_file({"input_ids": ids, "token_type_ids": np.zeros_like(ids), "labels": rng.integers(0, 2, 24),
-               "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)}, str(tmp_path / "t.safetensors"))
+    save_file(
+        {
+            "input_ids": ids,
+            "token_type_ids": np.zeros_like(ids),
+            "labels": rng.integers(0, 2, 24),
+            "offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        },
+        str(tmp_path / "t.safetensors"),
+    )
     return Tokens(tmp_path / "t.safetensors")
 
 
@@ -36,7 +57,9 @@ def test_cached_loss_equals_live_teacher_loss(ragged):
     mapping = layer_map(2, 2)
     layers, att = teacher_layers(P, mapping)
     assert (layers, att) == ([0, 1, 2], [0, 1])
-    cache = TeacherCache.build(teacher, ragged, layers, batch_size=5, att_layers=att)  # other batches, other padding
+    cache = TeacherCache.build(
+        teacher, ragged, layers, batch_size=5, att_layers=att
+    )  # other batches, other padding
     live, cached = make_loss(teacher, P, False, mapping), make_loss(teacher, P, False, mapping, cache)
     for idx in (np.array([3, 0, 17, 9]), np.arange(24)):
         (a, pa), (b, pb) = live(student, ragged.batch(idx), idx), cached(student, ragged.batch(idx), idx)
@@ -55,7 +78,9 @@ def test_cache_pads_with_zeros_and_keeps_real_tokens(ragged):
         ref = teacher(**{k: v for k, v in b.items() if k != "labels"}, output_hidden_states=True)
     mask = b["attention_mask"].bool()
     for t in (0, 2):
-        torch.testing.assert_close(out.hidden_states[t][mask], ref.hidden_states[t][mask], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            out.hidden_states[t][mask], ref.hidden_states[t][mask], rtol=1e-5, atol=1e-5
+        )
         assert (out.hidden_states[t][~mask] == 0).all()
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
 

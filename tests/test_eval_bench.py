@@ -1,4 +1,5 @@
 """Eval and bench on the tiny pipeline: every backend judged, every bench field present and sane."""
+
 import numpy as np
 import pytest
 
@@ -14,22 +15,25 @@ def test_backend_names_match_the_schema():
 
 def test_eval_covers_every_model_and_backend(built):
     e = built[2]["eval"]
-    assert {(r["model"], r["backend"]) for r in e["results"]} == {(m, b) for m in ("teacher", "student")
-                                                                  for b in BACKENDS}
+    assert {(r["model"], r["backend"]) for r in e["results"]} == {
+        (m, b) for m in ("teacher", "student") for b in BACKENDS
+    }
     for r in e["results"]:
         assert r["provider"] and r["threads"] == 1 and r["inference_precision"]
-        if r["backend"] in ("ort-fp32", "ov-fp32"):   # same FP32 model, same metric
+        if r["backend"] in ("ort-fp32", "ov-fp32"):  # same FP32 model, same metric
             assert r["delta_vs_torch"] == pytest.approx(0, abs=1e-9)
     bf16 = next(r for r in e["results"] if r["backend"] == "ov-bf16")
     has_bf16 = {"amx_bf16", "avx512_bf16"} & set(cpu_info()["isa"])
-    assert bf16["inference_precision"] == ("bf16" if has_bf16 else "f32")   # read back, not assumed
+    assert bf16["inference_precision"] == ("bf16" if has_bf16 else "f32")  # read back, not assumed
 
 
 def test_drift_is_flagged():
-    rows = [{"model": "teacher", "backend": "torch-fp32", "score": 0.90},
-            {"model": "teacher", "backend": "ov-int8", "score": 0.85},
-            {"model": "student", "backend": "torch-fp32", "score": 0.88},
-            {"model": "student", "backend": "ort-int8", "score": 0.875}]
+    rows = [
+        {"model": "teacher", "backend": "torch-fp32", "score": 0.90},
+        {"model": "teacher", "backend": "ov-int8", "score": 0.85},
+        {"model": "student", "backend": "torch-fp32", "score": 0.88},
+        {"model": "student", "backend": "ort-int8", "score": 0.875},
+    ]
     flags = drift_flags(rows, tolerance=0.02)
     assert len(flags) == 1 and "teacher on ov-int8" in flags[0]
     assert rows[1]["flagged"] and not rows[3]["flagged"]
@@ -56,7 +60,7 @@ def stand_in(monkeypatch, perturb):
 
     def load(paths, threads, streams):
         runner = db.BACKENDS["torch-fp32"](paths, threads, streams)
-        calls = iter(range(10 ** 6))
+        calls = iter(range(10**6))
         return db.Runner(lambda feed: perturb(runner.run(feed), next(calls)), dict(runner.info))
 
     monkeypatch.setitem(db.BACKENDS, "ov-int8", load)
@@ -85,7 +89,7 @@ def test_eval_fails_on_drift_past_tolerance(teacher_only, monkeypatch, fail):
     bs = params["eval"]["batch_size"]
 
     def all_wrong(logits, i):
-        wrong = 1 - gold[i * bs:i * bs + len(logits)]
+        wrong = 1 - gold[i * bs : i * bs + len(logits)]
         return np.eye(2, dtype=np.float32)[wrong]
 
     stand_in(monkeypatch, all_wrong)
@@ -94,8 +98,11 @@ def test_eval_fails_on_drift_past_tolerance(teacher_only, monkeypatch, fail):
     params["eval"].update(tolerance=round(teacher_score - 0.01, 6), fail_on_drift=fail)
     path = write(params)
     if fail:
-        with pytest.raises(eval_.DriftError, match=rf"1 backend\(s\) drifted past eval.tolerance .*teacher on ov-int8: "
-                                                   rf"score 0.0000 differs from torch-fp32 by -{teacher_score:.4f}"):
+        with pytest.raises(
+            eval_.DriftError,
+            match=rf"1 backend\(s\) drifted past eval.tolerance .*teacher on ov-int8: "
+            rf"score 0.0000 differs from torch-fp32 by -{teacher_score:.4f}",
+        ):
             eval_.main(path)
     else:
         eval_.main(path)
@@ -134,7 +141,9 @@ def test_bench_rows_are_complete_and_sane(built):
             for seq in p["seq_lens"]:
                 assert ("student", backend, batch, seq, 1) in cells
                 assert (("student", backend, batch, seq, 2) in cells) == backend.startswith("ov-")
-    assert {("teacher", "torch-fp32", bs, s, 1) for bs in (1, 4) for s in (8, 16)} <= cells   # baseline, same run
+    assert {
+        ("teacher", "torch-fp32", bs, s, 1) for bs in (1, 4) for s in (8, 16)
+    } <= cells  # baseline, same run
     for r in b["results"]:
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
         assert r["iterations"] >= 3 and r["throughput_seq_per_s"] > 0 and r["threads"] == 1
@@ -148,4 +157,6 @@ def test_bench_rows_are_complete_and_sane(built):
     ov = [r for r in b["results"] if r["backend"] == "ov-int8" and r["streams"] == 1]
     assert all("sparse_fc_layers" in r for r in ov)
     [check] = b["crosscheck"]
-    assert check["benchmark_app_seq_per_s"] > 0 and 0.2 < check["ratio"] < 5   # same IR, same shape, same order
+    assert (
+        check["benchmark_app_seq_per_s"] > 0 and 0.2 < check["ratio"] < 5
+    )  # same IR, same shape, same order

@@ -1,4 +1,5 @@
 """Export and compile: torch, onnxruntime and OpenVINO agree; sparsity survives; gates and policies bite."""
+
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +21,21 @@ def student(built):
     params, _, _ = built
     dev = Tokens(Path(params["data"]["out_dir"]) / "eval.safetensors")
     onnx_path = Path(params["export"]["out_dir"]) / "student" / "model.onnx"
-    return load_trained(params["prune"]["out_dir"]).eval(), onnx_path, dev, Path(params["compile"]["out_dir"]) / "student"
+    return (
+        load_trained(params["prune"]["out_dir"]).eval(),
+        onnx_path,
+        dev,
+        Path(params["compile"]["out_dir"]) / "student",
+    )
 
 
 def torch_logits(model, batches):
     import torch
 
     with torch.no_grad():
-        return np.concatenate([model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy()
-                               for b in batches])
+        return np.concatenate(
+            [model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
+        )
 
 
 def test_torch_ort_openvino_agree(student):
@@ -37,11 +44,17 @@ def test_torch_ort_openvino_agree(student):
     ref = torch_logits(model, batches)
     sess, _ = make_session(onnx_path, ["cpu"])
     names = {i.name for i in sess.get_inputs()}
-    ort = np.concatenate([sess.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches])
-    ov_fp32 = dov.logits(dov.compile_model(compiled_dir / "fp32.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches)
+    ort = np.concatenate(
+        [sess.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches]
+    )
+    ov_fp32 = dov.logits(
+        dov.compile_model(compiled_dir / "fp32.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches
+    )
     assert np.abs(ort - ref).max() < 1e-4
     assert np.abs(ov_fp32 - ref).max() < 1e-4
-    int8 = dov.logits(dov.compile_model(compiled_dir / "int8.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches)
+    int8 = dov.logits(
+        dov.compile_model(compiled_dir / "int8.xml", {"INFERENCE_PRECISION_HINT": "f32"}), batches
+    )
     assert np.abs(int8 - ref).max() < 0.25 * np.abs(ref).max() + 0.05  # quantized, but the same model
 
 
@@ -55,7 +68,9 @@ def test_sparsity_survives_export_and_int8(student, built):
     encoder = [w for name, w in weights.items() if "/encoder/" in name]
     assert len(encoder) == 12 and all(w["zeros"] >= 0.8 - 0.005 for w in encoder), encoder
     ort_int8 = onnx.load(str(compiled_dir / "int8.onnx"))
-    quantized = [numpy_helper.to_array(t) for t in ort_int8.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    quantized = [
+        numpy_helper.to_array(t) for t in ort_int8.graph.initializer if t.data_type == onnx.TensorProto.INT8
+    ]
     # symmetric INT8 keeps every pruned zero at 0 (an asymmetric zero point would not)
     assert sum(int((a == 0).sum()) for a in quantized) >= m["prune"]["encoder_linear_params"] * 0.8 - 1
 
@@ -69,9 +84,11 @@ def test_gate_rejects_corrupted_models(student, tmp_path):
     assert head is not None, f"no initializer named classifier.weight in {onnx_path}: {sorted(tensors)[:8]}"
     drift = numpy_helper.to_array(head) * 1.5
     fill = numpy_helper.to_array(pruned).copy()
-    fill[fill == 0] = 1e-12          # numerically invisible, but the zeros are gone
-    for name, target, arr, needle in (("drift", head, drift, "max \\|logits diff\\|"),
-                                      ("fill", pruned, fill, "lost or changed zeros")):
+    fill[fill == 0] = 1e-12  # numerically invisible, but the zeros are gone
+    for name, target, arr, needle in (
+        ("drift", head, drift, "max \\|logits diff\\|"),
+        ("fill", pruned, fill, "lost or changed zeros"),
+    ):
         original = numpy_helper.to_array(target).copy()
         target.CopyFrom(numpy_helper.from_array(arr, target.name))
         bad = tmp_path / f"{name}.onnx"
@@ -119,9 +136,12 @@ def test_compile_checks_providers_before_any_work(tmp_path, monkeypatch, provide
     monkeypatch.setattr(compile_, "compile_one", lambda *a: pytest.fail("compile work started"))
     params = tiny_params(tmp_path, tmp_path / "no-model")
     params["compile"]["ort_providers"] = [provider, "cpu"]
-    with pytest.raises(ProviderError, match=rf"^compile\.ort_providers: .*\['{PROVIDERS[provider]}'\] not "
-                                            r"available here \(available: \['CPUExecutionProvider'\]\)"):
-        compile_.main(str(write_params(tmp_path, params)))   # no ONNX exists: a later check would say so
+    with pytest.raises(
+        ProviderError,
+        match=rf"^compile\.ort_providers: .*\['{PROVIDERS[provider]}'\] not "
+        r"available here \(available: \['CPUExecutionProvider'\]\)",
+    ):
+        compile_.main(str(write_params(tmp_path, params)))  # no ONNX exists: a later check would say so
     params["compile"]["allow_fallback"] = True
     with pytest.raises(FileNotFoundError, match="no ONNX"):  # past the provider check, to the next one
         compile_.main(str(write_params(tmp_path, params)))
@@ -130,7 +150,7 @@ def test_compile_checks_providers_before_any_work(tmp_path, monkeypatch, provide
 def test_sparse_kernel_report_matches_hardware(built):
     c = built[2]["compile"]["models"]["student"]
     assert c["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
-    assert "INFERENCE_NUM_THREADS" not in c["compile_config"]   # the device decides, not the build machine
+    assert "INFERENCE_NUM_THREADS" not in c["compile_config"]  # the device decides, not the build machine
     rate = float(c["compile_config"]["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"])
     import json
 
@@ -138,8 +158,11 @@ def test_sparse_kernel_report_matches_hardware(built):
     encoder = [layer for layer in report["layers"] if "/encoder/" in layer["name"]]
     assert len(encoder) == 12 and all(layer["weight_zeros"] >= rate for layer in encoder), encoder
     if any(f.startswith("amx") for f in cpu_info()["isa"]):
-        assert c["sparse_fc_layers"] == 12, c["fc_reasons"]   # hidden 128, FFN 256: every encoder FC qualifies
+        assert c["sparse_fc_layers"] == 12, c["fc_reasons"]  # hidden 128, FFN 256: every encoder FC qualifies
     else:
         assert c["sparse_fc_layers"] == 0 and "no AMX on this CPU" in c["fc_reasons"]
     teacher = built[2]["compile"]["models"]["teacher"]
-    assert teacher["sparse_fc_layers"] == 0 and "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" not in teacher["compile_config"]
+    assert (
+        teacher["sparse_fc_layers"] == 0
+        and "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" not in teacher["compile_config"]
+    )

@@ -1,4 +1,5 @@
 """GPU backends: run only where onnxruntime sees CUDA (never in CPU CI)."""
+
 import pytest
 
 ort = pytest.importorskip("onnxruntime")

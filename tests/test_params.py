@@ -1,4 +1,5 @@
 """Bad params stop a stage before any model loads, with a message naming the key."""
+
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ BAD = [
     ("prune", "target_sparsity", "high", "prune.target_sparsity"),
     ("prune", "pattern", "3y1", "1x1"),
     ("prune", "pattern", "0x4", "NxM blocks"),
-    ("prune", "pattern", "2:4", "exceeds N/M"),          # target 0.8 > 2/4
+    ("prune", "pattern", "2:4", "exceeds N/M"),  # target 0.8 > 2/4
     ("prune", "pruning_type", "obs", "magnitude, snip_momentum, snip, gradient, movement"),
     ("prune", "scope", "everywhere", "local, global"),
     ("prune", "end", 0.0, "prune.end"),
@@ -52,11 +53,19 @@ def test_bad_value_names_key(project, section, key, value, needle):
 def valid_sections() -> dict:
     """A valid value for every section of the schema: the tests' tiny params plus a one-point sweep."""
     doc = tiny_params(Path("/p"), Path("/p/model"))
-    doc["sweep"] = {"out_dir": "points", "overrides": {"prune": {"epochs": 2}},
-                    "points": {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5}}}
+    doc["sweep"] = {
+        "out_dir": "points",
+        "overrides": {"prune": {"epochs": 2}},
+        "points": {"unstr-50": {"pattern": "1x1", "target_sparsity": 0.5}},
+    }
     doc["sweep_report"] = {"out_dir": "report", "backends": ["ov-int8"], "shape": [4, 16]}
-    doc["seeds"] = {"out_dir": "seeds", "seeds": [0, 1], "target_sparsities": [0.9], "overrides": {"90": {"epochs": 2}},
-                    "reuse": "verified"}
+    doc["seeds"] = {
+        "out_dir": "seeds",
+        "seeds": [0, 1],
+        "target_sparsities": [0.9],
+        "overrides": {"90": {"epochs": 2}},
+        "reuse": "verified",
+    }
     return {s: {**DEFAULTS[s], **values} for s, values in doc.items()}  # every key, as validate returns them
 
 
@@ -89,7 +98,9 @@ def test_a_key_left_out_takes_its_default(section, key):
 def test_a_set_key_is_still_checked_against_its_default_free_schema():
     values = valid_sections()["prune"]
     assert values["speedup"] is None and validate("prune", values)["speed_backend"] == "ov-int8"
-    with pytest.raises(ParamsError, match="prune.speed_backend = 'tflite' is not allowed; allowed: ov-int8, ort-int8"):
+    with pytest.raises(
+        ParamsError, match="prune.speed_backend = 'tflite' is not allowed; allowed: ov-int8, ort-int8"
+    ):
         validate("prune", {**values, "speed_backend": "tflite"})
     with pytest.raises(ParamsError, match="prune.speedup .* sparsity on top of it is not supported"):
         validate("prune", {**values, "speedup": 3.0})  # the tiny params prune to 80%
@@ -98,10 +109,13 @@ def test_a_set_key_is_still_checked_against_its_default_free_schema():
 @pytest.mark.parametrize("section", SCHEMA)
 def test_unknown_key_is_named_with_the_allowed_ones(section):
     values = valid_sections()[section]
-    typo = next(iter(SCHEMA[section]))[:-1] + "_"   # e.g. out_di_: one letter off a real key
+    typo = next(iter(SCHEMA[section]))[:-1] + "_"  # e.g. out_di_: one letter off a real key
     values[typo] = values[next(iter(SCHEMA[section]))]
-    with pytest.raises(ParamsError, match=rf"^params: unknown key\(s\) {section}\.{typo}; "
-                                          rf"allowed: {re.escape(', '.join(SCHEMA[section]))}$"):
+    with pytest.raises(
+        ParamsError,
+        match=rf"^params: unknown key\(s\) {section}\.{typo}; "
+        rf"allowed: {re.escape(', '.join(SCHEMA[section]))}$",
+    ):
         validate(section, values)
 
 
@@ -111,8 +125,11 @@ def test_wrong_type_is_named(section, key):
     values = valid_sections()[section]
     values[key] = WRONG_TYPE[spec.type]
     name = "list" if spec.type is list else spec.type.__name__
-    with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} = {re.escape(repr(values[key]))} has type "
-                                          rf"{type(values[key]).__name__}; expected {name}( or null)?$"):
+    with pytest.raises(
+        ParamsError,
+        match=rf"^params: {section}\.{key} = {re.escape(repr(values[key]))} has type "
+        rf"{type(values[key]).__name__}; expected {name}( or null)?$",
+    ):
         validate(section, values)
     if spec.type is int:  # YAML's true is a bool, and bool is an int to Python: refused all the same
         values[key] = True
@@ -132,7 +149,9 @@ def test_wrong_list_item_type_is_named(section, key):
     spec = SCHEMA[section][key]
     values = valid_sections()[section]
     values[key] = [WRONG_ITEM[spec.item]]
-    with pytest.raises(ParamsError, match=rf"^params: {section}\.{key} = .* must be a list of {spec.item.__name__}$"):
+    with pytest.raises(
+        ParamsError, match=rf"^params: {section}\.{key} = .* must be a list of {spec.item.__name__}$"
+    ):
         validate(section, values)
 
 
@@ -155,8 +174,11 @@ def test_missing_file_and_a_section_left_out_takes_the_defaults(tmp_path):
         load_section("data", tmp_path / "p.yaml")
 
 
-PROFILES = sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("profiles/**/params.yaml")
-                  if not {"seeds", "sweep"} & set(p.parts))  # not the generated run records
+PROFILES = sorted(
+    str(p.relative_to(ROOT))
+    for p in ROOT.glob("profiles/**/params.yaml")
+    if not {"seeds", "sweep"} & set(p.parts)
+)  # not the generated run records
 
 
 @pytest.mark.parametrize("path", ["params.yaml", *PROFILES])
@@ -166,7 +188,9 @@ def test_repo_params_are_valid(path):
     present = yaml.safe_load((ROOT / path).read_text())
     for section in SCHEMA:  # the sweep's sections are needed only where a sweep is defined; a recipe
         # folder holds the training sections only
-        if section in present or ("/recipes/" not in path and section not in ("sweep", "sweep_report", "seeds")):
+        if section in present or (
+            "/recipes/" not in path and section not in ("sweep", "sweep_report", "seeds")
+        ):
             assert load_section(section, ROOT / path)
 
 
@@ -183,8 +207,10 @@ def test_a_profile_states_only_what_differs_from_the_defaults(path):
 def test_redundant_keys_compare_resolved_values(tmp_path):
     from pipeline.core.params import redundant_keys
 
-    (tmp_path / "p.yaml").write_text("data: {out_dir: ./data/tokenized, labels: null, max_length: 128, seed: 7}"
-                                     "\nteacher: {out_dir: ../models/teacher}\nprune:\n")
+    (tmp_path / "p.yaml").write_text(
+        "data: {out_dir: ./data/tokenized, labels: null, max_length: 128, seed: 7}"
+        "\nteacher: {out_dir: ../models/teacher}\nprune:\n"
+    )
     assert redundant_keys(tmp_path / "p.yaml") == ["data.out_dir", "data.max_length"]  # null is a value too
 
 
@@ -215,10 +241,17 @@ def test_run_params_do_not_depend_on_which_defaults_a_file_states(path):
         assert made(sweep.point_doc, doc, *args) == made(sweep.point_doc, full, *args)
 
 
-@pytest.mark.parametrize("written, read", [("./mini", "{dir}/mini"), ("../models/mini", "{up}/models/mini"),
-                                           ("/opt/mini", "/opt/mini"), ("org/mini", "org/mini"),
-                                           ("bundled:all-MiniLM-L6-v2", "bundled:all-MiniLM-L6-v2"),
-                                           ("..", "{up}")])
+@pytest.mark.parametrize(
+    "written, read",
+    [
+        ("./mini", "{dir}/mini"),
+        ("../models/mini", "{up}/models/mini"),
+        ("/opt/mini", "/opt/mini"),
+        ("org/mini", "org/mini"),
+        ("bundled:all-MiniLM-L6-v2", "bundled:all-MiniLM-L6-v2"),
+        ("..", "{up}"),
+    ],
+)
 def test_a_local_model_is_relative_to_the_params_file(tmp_path, monkeypatch, written, read):
     """data.model written as ./x or ../x is a folder beside the params file, like every other path; a hub
     id or bundled: stays as written. A seed's run folder, two levels down, still reaches the same folder."""
@@ -255,9 +288,14 @@ def test_paths_are_relative_to_the_params_file(tmp_path):
     (profile / "params.yaml").write_text(yaml.safe_dump(doc))
     p = load_section("prune", profile / "params.yaml")
     assert p["out_dir"] == str(profile / "models" / "student")
-    assert load_section("data", profile / "params.yaml")["train_file"] == str(profile / "data" / "demo" / "train.tsv")
+    assert load_section("data", profile / "params.yaml")["train_file"] == str(
+        profile / "data" / "demo" / "train.tsv"
+    )
     assert load_section("prune", ROOT / "params.yaml")["out_dir"] == str(ROOT / "models" / "student")
 
     from pipeline.core.params import metrics_dir
 
-    assert metrics_dir("params.yaml") == Path("metrics") and metrics_dir(profile / "params.yaml") == profile / "metrics"
+    assert (
+        metrics_dir("params.yaml") == Path("metrics")
+        and metrics_dir(profile / "params.yaml") == profile / "metrics"
+    )

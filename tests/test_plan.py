@@ -1,4 +1,5 @@
 """Speed targets: the latency table's cost model, the structure search, and prune reaching a planned structure."""
+
 import json
 from pathlib import Path
 
@@ -15,11 +16,15 @@ AVX2 = {"b32xs128": (12.0, 2.4, 0.03, 1.0), "b1xs32": (0.3, 0.02, 0.0003, 0.03)}
 
 def synthetic_table(base: dict, costs: dict) -> dict:
     """A table as latency.measure writes it, timed by an exact linear model of `costs`."""
+
     def ms(shape, layers, heads, ffn):
         fixed, per_head, per_channel, per_layer = costs[shape]
         return round(fixed + layers * (per_head * heads + per_channel * ffn + per_layer), 6)
 
-    rows = [{**r, "ms": {s: ms(s, r["layers"], r["heads"], r["ffn"]) for s in costs}} for r in latency.plan_rows(base)]
+    rows = [
+        {**r, "ms": {s: ms(s, r["layers"], r["heads"], r["ffn"]) for s in costs}}
+        for r in latency.plan_rows(base)
+    ]
     return {"key": {"base": base, "backend": "ov-int8"}, "rows": rows}
 
 
@@ -62,7 +67,9 @@ def test_plans_differ_by_cpu_and_a_fixed_layer_count_is_kept():
 
 def test_a_target_the_model_cannot_reach_fails_naming_the_fastest_structure():
     model = plan.cost_model(synthetic_table(MINILM, AMX))
-    with pytest.raises(plan.PlanError, match=r"no structure reaches.*1 layers x 1 heads x FFN 64.*asked 20.0"):
+    with pytest.raises(
+        plan.PlanError, match=r"no structure reaches.*1 layers x 1 heads x FFN 64.*asked 20.0"
+    ):
         plan.search(model, {"b32xs128": 20.0})
 
 
@@ -80,6 +87,7 @@ def test_a_table_without_a_width_cannot_predict():
 def test_a_layer_cost_that_is_not_additive_in_heads_and_ffn_is_predicted_from_the_grid():
     """Small matrices run below peak: here a layer never costs less than a floor, which an additive model
     of attention + FFN would miss by far at small widths."""
+
     def ms(layers, heads, ffn):
         return 1.0 + layers * max(2.0, 0.9 * heads + 0.0045 * ffn)
 
@@ -129,8 +137,11 @@ def write_fixture_table(cache: Path, config, shapes, threads: int, monkeypatch) 
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(table))
     model = plan.cost_model(table)
-    monkeypatch.setattr(latency, "time_structure", lambda config, backend, shapes, threads, layers:
-                        {s: model.predict(s, layers) for s in model.fixed})
+    monkeypatch.setattr(
+        latency,
+        "time_structure",
+        lambda config, backend, shapes, threads, layers: {s: model.predict(s, layers) for s in model.fixed},
+    )
     return table
 
 
@@ -144,8 +155,11 @@ def test_a_planned_structure_is_timed_and_a_miss_corrects_the_plan():
     got = plan.verified_search(model, targets, None, slow, full)
     assert len(got["verified"]) == 2 and got["verified"][0]["measured_speedup"]["b1xs32"] < 2.0
     assert all(got["verified"][-1]["measured_speedup"][s] >= t for s, t in targets.items())
-    assert plan.kept_weights(MINILM, [{"heads": got["heads"], "ffn": got["ffn"]}] * got["layers"]) < \
-        plan.search(model, targets)["kept_weights"] or got["layers"] < plan.search(model, targets)["layers"]
+    assert (
+        plan.kept_weights(MINILM, [{"heads": got["heads"], "ffn": got["ffn"]}] * got["layers"])
+        < plan.search(model, targets)["kept_weights"]
+        or got["layers"] < plan.search(model, targets)["layers"]
+    )
     never = lambda layers: dict(full)  # noqa: E731  (every structure as slow as the full model)
     with pytest.raises(plan.PlanError, match=r"no structure (met the speed targets|reaches the speed-up)"):
         plan.verified_search(model, {"b32xs128": 3.0}, None, never, full)
@@ -160,9 +174,12 @@ def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, m
 
     params, write = trained
     monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
-    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1,
-                        monkeypatch)
-    params["prune"].update(speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="global", epochs=2)  # each layer to the plan all the same
+    write_fixture_table(
+        tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1, monkeypatch
+    )
+    params["prune"].update(
+        speedup=1.6, target_sparsity=0.0, pattern="1x1", scope="global", epochs=2
+    )  # each layer to the plan all the same
     m = prune.main(write(params))
     plan_ = m["structure_plan"]
     assert plan_["targets"] == {"b4xs16": 1.6} and plan_["table"]["cached"]
@@ -181,8 +198,9 @@ def test_prune_refuses_an_unreachable_target_before_training(trained, tmp_path, 
 
     params, write = trained
     monkeypatch.setenv("KASP_CACHE_DIR", str(tmp_path / "cache"))
-    write_fixture_table(tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1,
-                        monkeypatch)
+    write_fixture_table(
+        tmp_path / "cache", AutoConfig.from_pretrained(tiny_model_dir), [[4, 16], [1, 8]], 1, monkeypatch
+    )
     params["prune"].update(speedup=20.0, target_sparsity=0.0)
     with pytest.raises(plan.PlanError, match="no structure reaches"):
         prune.main(write(params))
@@ -193,12 +211,24 @@ def test_seeds_record_the_bench_measured_speedup_on_the_fastest_backend():
     from pipeline.seeds import speed_record
 
     def row(model, backend, batch, seq, p50):
-        return {"model": model, "backend": backend, "batch": batch, "seq_len": seq, "streams": 1,
-                "latency_ms_p50": p50, "throughput_seq_per_s": 1000 * batch / p50}
+        return {
+            "model": model,
+            "backend": backend,
+            "batch": batch,
+            "seq_len": seq,
+            "streams": 1,
+            "latency_ms_p50": p50,
+            "throughput_seq_per_s": 1000 * batch / p50,
+        }
 
-    rows = [row("teacher", "ov-int8", 32, 128, 108.0), row("student", "ov-int8", 32, 128, 33.0),
-            row("teacher", "ort-int8", 32, 128, 190.0), row("student", "ort-int8", 32, 128, 50.0),
-            row("teacher", "ov-int8", 1, 32, 1.8), row("student", "ov-int8", 1, 32, 0.8)]
+    rows = [
+        row("teacher", "ov-int8", 32, 128, 108.0),
+        row("student", "ov-int8", 32, 128, 33.0),
+        row("teacher", "ort-int8", 32, 128, 190.0),
+        row("student", "ort-int8", 32, 128, 50.0),
+        row("teacher", "ov-int8", 1, 32, 1.8),
+        row("student", "ov-int8", 1, 32, 0.8),
+    ]
     from pipeline.bench import versus_teacher
 
     bench = {"results": rows, "speedup_vs_teacher_x": versus_teacher(rows), "cpu": "a CPU"}
@@ -235,8 +265,17 @@ def test_inc_finds_the_attention_heads_under_accelerates_mixed_precision(tiny_mo
     acc = Accelerator(mixed_precision="bf16", cpu=True)
     model, opt = acc.prepare(model, torch.optim.AdamW(model.parameters()))
     wrapped = model.forward
-    p = dict(pruning_type="snip_momentum", scope="local", start=0.0, end=0.5, mask_updates=4, decay="cubic",
-             excluded=["pooler", "classifier"], target_sparsity=0.0, pattern="1x1")
+    p = dict(
+        pruning_type="snip_momentum",
+        scope="local",
+        start=0.0,
+        end=0.5,
+        mask_updates=4,
+        decay="cubic",
+        excluded=["pooler", "classifier"],
+        target_sparsity=0.0,
+        pattern="1x1",
+    )
     pruner = inc.Pruner(model, opt, p, 40, structure={"mha_sparsity": 0.5001, "ffn_sparsity": 0.5})
     found = [len(getattr(pr, "mha_compressions", None) or {}) for pr in pruner.pruning.pruners]
     assert max(found) == 2  # both layers' attention blocks

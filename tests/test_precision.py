@@ -1,5 +1,6 @@
 """Device and precision (pipeline.training.device): what runs is decided before any model loads, a
 missing CUDA or bf16 is a clear error unless allow_fallback, and Accelerate's autocast does the bf16."""
+
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,22 @@ def ask(dev="cpu", prec="fp32", fallback=False) -> dict:
 
 
 def test_what_was_asked_runs_where_the_machine_has_it():
-    assert resolve(ask("auto", "bf16"), isa=BF16_CPU, cuda=False) == device.Placement("cpu", "bf16", "auto/bf16", None)
+    assert resolve(ask("auto", "bf16"), isa=BF16_CPU, cuda=False) == device.Placement(
+        "cpu", "bf16", "auto/bf16", None
+    )
     assert resolve(ask("auto", "fp32"), isa=AVX2, cuda=True).device == "cuda"
     assert resolve(ask("cpu", "fp32"), isa=AVX2, cuda=True).device == "cpu"
 
 
-@pytest.mark.parametrize("dev, prec, isa, match", [
-    ("cuda", "fp32", AVX2, r"device: cuda.*no CUDA device.*set device: cpu"),
-    ("cpu", "bf16", AVX2, r"precision: bf16.*avx512_bf16.*has avx2.*set precision: fp32"),
-    ("cpu", "fp16", BF16_CPU, r"fp16 mixed precision is a GPU feature"),
-    ("auto", "fp16", BF16_CPU, r"device: auto, precision: fp16"),
-])
+@pytest.mark.parametrize(
+    "dev, prec, isa, match",
+    [
+        ("cuda", "fp32", AVX2, r"device: cuda.*no CUDA device.*set device: cpu"),
+        ("cpu", "bf16", AVX2, r"precision: bf16.*avx512_bf16.*has avx2.*set precision: fp32"),
+        ("cpu", "fp16", BF16_CPU, r"fp16 mixed precision is a GPU feature"),
+        ("auto", "fp16", BF16_CPU, r"device: auto, precision: fp16"),
+    ],
+)
 def test_a_missing_device_or_precision_fails_naming_the_key(dev, prec, isa, match):
     with pytest.raises(PrecisionError, match=match):
         resolve(ask(dev, prec), isa=isa, cuda=False)
@@ -40,8 +46,12 @@ def test_fallback_runs_what_the_machine_has_and_says_why():
     got = resolve(ask("cuda", "bf16", fallback=True), isa=AVX2, cuda=False)
     assert (got.device, got.precision, got.asked) == ("cpu", "fp32", "cuda/bf16")
     assert "no CUDA device" in got.fallback and "avx512_bf16" in got.fallback
-    assert got.record() == {"train_device": "cpu", "train_precision": "fp32", "train_asked": "cuda/bf16",
-                            "train_fallback": got.fallback}
+    assert got.record() == {
+        "train_device": "cpu",
+        "train_precision": "fp32",
+        "train_asked": "cuda/bf16",
+        "train_fallback": got.fallback,
+    }
     kept = resolve(ask("cuda", "bf16", fallback=True), isa=BF16_CPU, cuda=False)
     assert (kept.device, kept.precision) == ("cpu", "bf16") and "avx512_bf16" not in kept.fallback
 
@@ -90,7 +100,10 @@ def test_teacher_refuses_bf16_before_any_work(project, monkeypatch):
     data.main(write(params))
     with pytest.raises(PrecisionError, match="test CPU"):
         teacher.main(write(params))
-    assert not Path(params["teacher"]["out_dir"]).exists() and not Path(params["teacher"]["checkpoint_dir"]).exists()
+    assert (
+        not Path(params["teacher"]["out_dir"]).exists()
+        and not Path(params["teacher"]["checkpoint_dir"]).exists()
+    )
 
 
 def test_prune_refuses_cuda_before_the_teacher_cache(trained, monkeypatch):
@@ -99,7 +112,9 @@ def test_prune_refuses_cuda_before_the_teacher_cache(trained, monkeypatch):
 
     params, write = trained
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(teacher_cache, "maybe_build", lambda *a, **k: pytest.fail("cache built before the check"))
+    monkeypatch.setattr(
+        teacher_cache, "maybe_build", lambda *a, **k: pytest.fail("cache built before the check")
+    )
     params["prune"]["device"] = "cuda"
     with pytest.raises(PrecisionError, match="device: cuda"):
         prune.main(write(params))
@@ -117,7 +132,10 @@ def test_step_profile_times_every_setup_on_the_same_batches(trained, tmp_path):
     assert ("cache+bf16" in r["setups"]) == (r["bf16"] == "measured")
     for s in r["setups"].values():
         assert s["timed_steps"] == 3 and s["step_ms_p50"] > 0
-        assert s["samples_per_s"] == pytest.approx(params["prune"]["batch_size"] * 1000 / s["step_ms_p50"], rel=1e-3)
+        assert s["samples_per_s"] == pytest.approx(
+            params["prune"]["batch_size"] * 1000 / s["step_ms_p50"], rel=1e-3
+        )
     assert r["speedup_vs_live"]["live"] == 1.0
     assert r["speedup_vs_live"]["cache"] == pytest.approx(
-        r["setups"]["live"]["step_ms_p50"] / r["setups"]["cache"]["step_ms_p50"], rel=1e-2)
+        r["setups"]["live"]["step_ms_p50"] / r["setups"]["cache"]["step_ms_p50"], rel=1e-2
+    )

@@ -1,4 +1,5 @@
 """Each pruning pattern reaches its target through the real prune stage; structured ones slim."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +13,10 @@ from pipeline.training import student as st
 from pipeline.training.loop import predict
 
 
-@pytest.mark.parametrize("pattern,target,ptype", [
-    ("1x1", 0.9, "magnitude"), ("4x1", 0.75, "snip_momentum"), ("2:4", 0.5, "magnitude")])
+@pytest.mark.parametrize(
+    "pattern,target,ptype",
+    [("1x1", 0.9, "magnitude"), ("4x1", 0.75, "snip_momentum"), ("2:4", 0.5, "magnitude")],
+)
 def test_sparse_patterns_hit_target(trained, pattern, target, ptype):
     params, write = trained
     params["prune"].update(pattern=pattern, target_sparsity=target, pruning_type=ptype, epochs=2)
@@ -23,10 +26,10 @@ def test_sparse_patterns_hit_target(trained, pattern, target, ptype):
     for name, mod in student.named_modules():
         if isinstance(mod, torch.nn.Linear) and ".encoder." in f".{name}.":
             w = mod.weight.detach()
-            if pattern == "4x1":   # whole 4x1 blocks are zero or not
+            if pattern == "4x1":  # whole 4x1 blocks are zero or not
                 blocks = (w.reshape(w.shape[0] // 4, 4, w.shape[1]) == 0).all(1)
                 assert (w == 0).sum() == blocks.sum() * 4, name
-            if pattern == "2:4":   # at most 2 nonzeros in every 4 consecutive inputs
+            if pattern == "2:4":  # at most 2 nonzeros in every 4 consecutive inputs
                 assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all(), name
     assert student.classifier.weight.count_nonzero() == student.classifier.weight.numel()  # excluded
 
@@ -34,8 +37,10 @@ def test_sparse_patterns_hit_target(trained, pattern, target, ptype):
 def hand_scores(logits: np.ndarray, gold: np.ndarray) -> dict:
     """Accuracy and F1 (class 1 positive) by hand, independent of pipeline.core.tasks."""
     pred = logits.argmax(1)
-    tp, fp, fn = [int(np.sum(c)) for c in ((pred == 1) & (gold == 1), (pred == 1) & (gold == 0),
-                                           (pred == 0) & (gold == 1))]
+    tp, fp, fn = [
+        int(np.sum(c))
+        for c in ((pred == 1) & (gold == 1), (pred == 1) & (gold == 0), (pred == 0) & (gold == 1))
+    ]
     acc, f1 = float(np.mean(pred == gold)), (2 * tp / (2 * tp + fp + fn) if tp else 0.0)
     return {"accuracy": acc, "f1": f1, "score": (acc + f1) / 2}
 
@@ -54,7 +59,7 @@ def test_structured_slims_and_reloads(trained, monkeypatch):
     monkeypatch.setattr(models, "save_model", save_and_record)
     m = prune.main(write(params))
     assert m["slimmed"] and abs(m["achieved_sparsity"] - 0.5) <= m["tolerance"]
-    assert all(s["heads"] == 2 for s in m["layer_shapes"]), m["layer_shapes"]   # 4 heads -> 2
+    assert all(s["heads"] == 2 for s in m["layer_shapes"]), m["layer_shapes"]  # 4 heads -> 2
     assert all(s["ffn"] < 256 for s in m["layer_shapes"]), m["layer_shapes"]
     student = load_trained(params["prune"]["out_dir"])
     assert summarize(student)["encoder_linear_params"] == m["encoder_linear_params"]
@@ -75,8 +80,11 @@ def test_layer_drop_without_pruning(trained):
 
 
 def encoder_linears(model) -> dict:
-    return {n: mod.weight.detach() for n, mod in model.named_modules()
-            if isinstance(mod, torch.nn.Linear) and ".encoder." in f".{n}."}
+    return {
+        n: mod.weight.detach()
+        for n, mod in model.named_modules()
+        if isinstance(mod, torch.nn.Linear) and ".encoder." in f".{n}."
+    }
 
 
 def test_init_teacher_starts_from_the_teachers_weights(trained):
@@ -108,7 +116,10 @@ def test_init_teacher_with_dropped_layers(trained, init):
     params, write = trained
     params["prune"].update(init=init, learning_rate=0.0, target_sparsity=0.0, student_layers=[1], epochs=1)
     prune.main(write(params))
-    t, s = load_trained(params["teacher"]["out_dir"]).state_dict(), load_trained(params["prune"]["out_dir"]).state_dict()
+    t, s = (
+        load_trained(params["teacher"]["out_dir"]).state_dict(),
+        load_trained(params["prune"]["out_dir"]).state_dict(),
+    )
     same = {k: torch.equal(s[k], t[k.replace("encoder.layer.0.", "encoder.layer.1.")]) for k in s}
     if init == "teacher":
         assert all(same.values()), [k for k, v in same.items() if not v][:3]
@@ -120,9 +131,14 @@ def test_init_teacher_without_pruning_is_the_teacher(trained):
     params, write = trained
     params["prune"].update(init="teacher", learning_rate=0.0, target_sparsity=0.0, epochs=1)
     m = prune.main(write(params))
-    t, s = load_trained(params["teacher"]["out_dir"]).state_dict(), load_trained(params["prune"]["out_dir"]).state_dict()
+    t, s = (
+        load_trained(params["teacher"]["out_dir"]).state_dict(),
+        load_trained(params["prune"]["out_dir"]).state_dict(),
+    )
     assert all(torch.equal(s[k], t[k]) for k in t)
-    assert {k: m[k] for k in ("accuracy", "f1", "score")} == {k: m["teacher"][k] for k in ("accuracy", "f1", "score")}
+    assert {k: m[k] for k in ("accuracy", "f1", "score")} == {
+        k: m["teacher"][k] for k in ("accuracy", "f1", "score")
+    }
     assert m["delta_score"] == 0.0
 
 
@@ -137,7 +153,7 @@ def test_missed_target_fails_and_keeps_nothing(trained):
 
 def test_block_pattern_that_does_not_fit_is_named(trained):
     params, write = trained
-    params["prune"].update(pattern="5x1", target_sparsity=0.8)   # hidden 128 is not a multiple of 5
+    params["prune"].update(pattern="5x1", target_sparsity=0.8)  # hidden 128 is not a multiple of 5
     with pytest.raises(st.PruneError, match="does not divide.*attention.self.query"):
         prune.main(write(params))
 

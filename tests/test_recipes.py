@@ -1,5 +1,6 @@
 """Recipe pieces against hand computations: loss terms, schedules, movement scores, baselines,
 the weak-teacher refusal, presets and honest selection."""
+
 import json
 import math
 from pathlib import Path
@@ -27,8 +28,15 @@ def test_attention_scores_and_loss_by_hand():
     assert s.shape == (b, heads, n, n) and s[1, 1, 2, 3].item() == pytest.approx(hand.item(), rel=1e-6)
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     diff = (attention_scores(q, k, heads) - attention_scores(q2, k2, heads)).numpy()
-    want = np.mean([diff[i, hd, a, c] ** 2 for i, L in ((0, 3), (1, 2)) for hd in range(heads)
-                    for a in range(L) for c in range(L)])
+    want = np.mean(
+        [
+            diff[i, hd, a, c] ** 2
+            for i, L in ((0, 3), (1, 2))
+            for hd in range(heads)
+            for a in range(L)
+            for c in range(L)
+        ]
+    )
     got = attention_loss({0: (q, k)}, {0: (q2, k2)}, [(0, 0)], mask, heads)
     assert got.item() == pytest.approx(want, rel=1e-5)
 
@@ -47,8 +55,16 @@ def test_last_hidden_term_is_the_last_mapped_pair_only():
     s_h, t_h = [torch.randn(2, 3, 4) for _ in range(3)], [torch.randn(2, 3, 4) for _ in range(3)]
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     out = lambda hs: type("O", (), {"hidden_states": hs, "logits": torch.zeros(2, 2)})()  # noqa: E731
-    loss, parts = distill_loss(out(s_h), out(t_h), torch.tensor([0, 1]), mask, weights={"last_hidden": 2.0},
-                               temperature=1.0, mapping=[(0, 0), (1, 1), (2, 2)], regression=False)
+    loss, parts = distill_loss(
+        out(s_h),
+        out(t_h),
+        torch.tensor([0, 1]),
+        mask,
+        weights={"last_hidden": 2.0},
+        temperature=1.0,
+        mapping=[(0, 0), (1, 1), (2, 2)],
+        regression=False,
+    )
     m = mask.unsqueeze(-1).float()
     hand = (((s_h[2] - t_h[2]) ** 2) * m).sum() / (m.sum() * 4)
     assert set(parts) == {"last_hidden"} and loss.item() == pytest.approx(2 * hand.item(), rel=1e-6)
@@ -92,12 +108,14 @@ def test_cubic_decay_is_zhu_gupta_through_inc_and_cube_is_its_mirror():
     from pipeline.training.inc import cubic_sparsity, register_cubic
 
     assert cubic_sparsity(0.9, 0, 40) == 0.0 and cubic_sparsity(0.9, 40, 40) == pytest.approx(0.9)
-    assert cubic_sparsity(0.9, 20, 40) == pytest.approx(0.9 * (1 - 0.5 ** 3))
+    assert cubic_sparsity(0.9, 20, 40) == pytest.approx(0.9 * (1 - 0.5**3))
     register_cubic()
     register_cubic()  # idempotent: one subclass, not a chain of them
 
     def ramp(decay):
-        sched = SCHEDULERS["iterative"](SimpleNamespace(sparsity_decay_type=decay, max_sparsity_ratio_per_op=0.98))
+        sched = SCHEDULERS["iterative"](
+            SimpleNamespace(sparsity_decay_type=decay, max_sparsity_ratio_per_op=0.98)
+        )
         return [sched.update_sparsity_ratio(0.9, k, 40, None) for k in range(41)]
 
     cubic, cube = ramp("cubic"), ramp("cube")
@@ -126,9 +144,13 @@ def test_majority_baseline_and_glue_headline():
     b = baseline_scores(train, dev, ["accuracy", "f1"], "classification")
     assert b["accuracy"] == pytest.approx(0.6) and b["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2))
     assert b["score"] == pytest.approx((0.6 + 0.75) / 2)
-    reg = baseline_scores(np.array([1.0, 2.0]), np.array([0.5, 3.0, 1.0]), ["pearson", "spearman"], "regression")
+    reg = baseline_scores(
+        np.array([1.0, 2.0]), np.array([0.5, 3.0, 1.0]), ["pearson", "spearman"], "regression"
+    )
     assert reg == {"pearson": 0.0, "spearman": 0.0, "score": 0.0}
-    cola = compute_metrics(np.eye(2)[[1, 1, 0, 1]], np.array([1, 0, 0, 1]), ["mcc", "accuracy"], "classification")
+    cola = compute_metrics(
+        np.eye(2)[[1, 1, 0, 1]], np.array([1, 0, 0, 1]), ["mcc", "accuracy"], "classification"
+    )
     assert cola["score"] == cola["mcc"] != cola["accuracy"]  # CoLA's headline is MCC alone
 
 
@@ -138,13 +160,23 @@ def test_weak_teacher_is_refused_with_its_figures(tmp_path):
     q = teacher_quality({"score": 0.542}, {"score": 0.527}, 0.02)
     assert not q["beats_baseline"] and q["margin_over_baseline"] == pytest.approx(0.015)
     (tmp_path / "quality.json").write_text(json.dumps(q))
-    with pytest.raises(PruneError, match=r"scores 0.5420 on dev against 0.5270 .*margin \+0.0150.*allow_weak_teacher"):
+    with pytest.raises(
+        PruneError, match=r"scores 0.5420 on dev against 0.5270 .*margin \+0.0150.*allow_weak_teacher"
+    ):
         check_teacher(tmp_path, allow_weak=False)
     assert check_teacher(tmp_path, allow_weak=True) == q
-    recipe = {"epochs": 3, "steps": 234, "train_rows": 2490, "learning_rate": 5e-5}  # what to try names its keys
+    recipe = {
+        "epochs": 3,
+        "steps": 234,
+        "train_rows": 2490,
+        "learning_rate": 5e-5,
+    }  # what to try names its keys
     (tmp_path / "quality.json").write_text(json.dumps({**q, "recipe": recipe}))
-    with pytest.raises(PruneError, match=r"trained 3 epochs \(234 steps on 2490 rows\) at learning rate 5e-05\. "
-                                         r"Try more steps \(teacher.min_steps.*teacher.learning_rate"):
+    with pytest.raises(
+        PruneError,
+        match=r"trained 3 epochs \(234 steps on 2490 rows\) at learning rate 5e-05\. "
+        r"Try more steps \(teacher.min_steps.*teacher.learning_rate",
+    ):
         check_teacher(tmp_path, allow_weak=False)
     (tmp_path / "quality.json").unlink()
     with pytest.raises(PruneError, match="quality.json is missing"):
@@ -159,7 +191,9 @@ def test_a_preset_names_the_keys_that_disagree_and_apply_writes_them(tmp_path):
     doc["prune"].update(recipe="sparsebert", alpha_ce=0.5)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(ParamsError, match=r"prune.recipe = 'sparsebert' needs .*prune.alpha_ce = 0.0 \(is 0.5\)"):
+    with pytest.raises(
+        ParamsError, match=r"prune.recipe = 'sparsebert' needs .*prune.alpha_ce = 0.0 \(is 0.5\)"
+    ):
         load_section("prune", path)
     full = (root / "pipeline/core/defaults.yaml").read_text()  # every key, commented
     path.write_text(full.replace("target_sparsity: 0.9 ", "target_sparsity: 0.5 "))
@@ -178,8 +212,16 @@ def test_movement_and_the_sparsebert_loss_reach_the_target_through_inc(trained):
     from pipeline import prune
 
     params, write = trained
-    params["prune"].update(pruning_type="movement", target_sparsity=0.8, epochs=2, attention_mse=1.0,
-                           last_hidden_mse=1.0, lr_schedule="rewind", reuse_teacher_head=True, decay="cubic")
+    params["prune"].update(
+        pruning_type="movement",
+        target_sparsity=0.8,
+        epochs=2,
+        attention_mse=1.0,
+        last_hidden_mse=1.0,
+        lr_schedule="rewind",
+        reuse_teacher_head=True,
+        decay="cubic",
+    )
     m = prune.main(write(params))
     assert abs(m["encoder_linear_sparsity"] - 0.8) <= 0.005
     assert m["teacher_cache"]["used"] and m["teacher_cache"]["size_mb"] > 0
@@ -199,9 +241,14 @@ def test_train_split_selection_never_scores_on_dev(trained, monkeypatch):
     params["teacher"].update(selection="train_split", selection_split=0.25, epochs=2)
     seen, evaluated = [], []
     real_keep, real_eval = loop._keep_best, loop.evaluate
-    monkeypatch.setattr(loop, "_keep_best", lambda model, pr, scores, *a: (seen.append(scores),
-                                                                           real_keep(model, pr, scores, *a)))
-    monkeypatch.setattr(loop, "evaluate", lambda model, ds, *a: (evaluated.append(ds), real_eval(model, ds, *a))[1])
+    monkeypatch.setattr(
+        loop,
+        "_keep_best",
+        lambda model, pr, scores, *a: (seen.append(scores), real_keep(model, pr, scores, *a)),
+    )
+    monkeypatch.setattr(
+        loop, "evaluate", lambda model, ds, *a: (evaluated.append(ds), real_eval(model, ds, *a))[1]
+    )
     m = teacher.main(write(params))
     assert m["selection"] == "train_split" and m["selection_split_size"] == round(0.25 * 96)
     assert m["train_rows_used"] == 96 - m["selection_split_size"]

@@ -1,6 +1,7 @@
 """STS-B-style regression through training: a user file with `metrics: [pearson, spearman]` is a one-output
 regression task; teacher and prune train on it and report Pearson and Spearman of the saved models, which
 scipy recomputes here from the reloaded models' dev predictions."""
+
 import json
 from pathlib import Path
 
@@ -32,9 +33,15 @@ def regression(project, tmp_path):
     params, write = project
     write_pairs(tmp_path / "train.tsv", demo_rows("train", 97))
     write_pairs(tmp_path / "dev.tsv", demo_rows("dev", 49))
-    params["data"].update(train_file=str(tmp_path / "train.tsv"), eval_file=str(tmp_path / "dev.tsv"),
-                          text_column="sentence1", text_pair_column="sentence2", label_column="score", labels=None,
-                          metrics=["pearson", "spearman"])
+    params["data"].update(
+        train_file=str(tmp_path / "train.tsv"),
+        eval_file=str(tmp_path / "dev.tsv"),
+        text_column="sentence1",
+        text_pair_column="sentence2",
+        label_column="score",
+        labels=None,
+        metrics=["pearson", "spearman"],
+    )
     params["teacher"]["epochs"] = 2
     params["prune"].update(target_sparsity=0.5, epochs=2)
     path = write(params)
@@ -53,12 +60,17 @@ def test_regression_trains_and_reports_correlations(regression, tmp_path):
         pred = predict(model, dev, params[stage]["eval_batch_size"])[:, 0]
         assert pred.std() > 0
         saved = json.loads((tmp_path / "metrics" / f"{stage}.json").read_text())
-        want = {"pearson": stats.pearsonr(pred, dev.labels)[0], "spearman": stats.spearmanr(pred, dev.labels)[0]}
+        want = {
+            "pearson": stats.pearsonr(pred, dev.labels)[0],
+            "spearman": stats.spearmanr(pred, dev.labels)[0],
+        }
         assert {k: saved[k] for k in want} == pytest.approx(want, abs=1e-6), stage
         assert saved["score"] == pytest.approx((want["pearson"] + want["spearman"]) / 2, abs=1e-6)
         assert "accuracy" not in saved and "f1" not in saved
     assert m["prune"]["teacher"]["pearson"] == pytest.approx(m["teacher"]["pearson"], abs=1e-6)
-    assert m["prune"]["delta_pearson"] == pytest.approx(m["prune"]["pearson"] - m["teacher"]["pearson"], abs=1e-5)
+    assert m["prune"]["delta_pearson"] == pytest.approx(
+        m["prune"]["pearson"] - m["teacher"]["pearson"], abs=1e-5
+    )
     assert abs(m["prune"]["encoder_linear_sparsity"] - 0.5) <= 0.005
     assert [h["epoch"] for h in m["teacher"]["history"]] == [1, 2]
     assert all({"pearson", "spearman"} <= set(h) for h in m["teacher"]["history"])
@@ -69,8 +81,12 @@ def test_regression_trains_and_reports_correlations(regression, tmp_path):
     for r in e["results"]:
         model = load_trained(params["teacher" if r["model"] == "teacher" else "prune"]["out_dir"]).eval()
         with torch.inference_mode():
-            pred = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in f.items()}).logits.numpy()
-                                   for f in feeds(dev, params["eval"]["batch_size"])])[:, 0]
+            pred = np.concatenate(
+                [
+                    model(**{k: torch.from_numpy(v) for k, v in f.items()}).logits.numpy()
+                    for f in feeds(dev, params["eval"]["batch_size"])
+                ]
+            )[:, 0]
         assert r["pearson"] == pytest.approx(stats.pearsonr(pred, dev.labels)[0], abs=1e-6), r["model"]
         assert r["spearman"] == pytest.approx(stats.spearmanr(pred, dev.labels)[0], abs=1e-6), r["model"]
     assert {r["model"] for r in e["results"]} == {"teacher", "student"}

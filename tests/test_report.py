@@ -1,4 +1,5 @@
 """The report stage and tools.diagnostics.compare, from hand-written metrics files (no models, no runtimes)."""
+
 import copy
 import json
 import shutil
@@ -22,8 +23,12 @@ def fixture(name: str) -> dict:
 
 
 def tput(bench: dict, model: str, backend: str, shape) -> float:
-    (row,) = [r for r in bench["results"] if (r["model"], r["backend"], r["batch"], r["seq_len"]) ==
-              (model, backend, *shape) and r["streams"] == 1]
+    (row,) = [
+        r
+        for r in bench["results"]
+        if (r["model"], r["backend"], r["batch"], r["seq_len"]) == (model, backend, *shape)
+        and r["streams"] == 1
+    ]
     return row["throughput_seq_per_s"]
 
 
@@ -32,8 +37,9 @@ def workdir(tmp_path, monkeypatch):
     """A cwd holding metrics/ copies and a params.yaml with only the report section."""
     shutil.copytree(FIXTURES, tmp_path / "metrics" / "details")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"report": {"out_dir": "reports", "latency_shape": LAT,
-                                                 "throughput_shape": TPUT}}))
+    params.write_text(
+        yaml.safe_dump({"report": {"out_dir": "reports", "latency_shape": LAT, "throughput_shape": TPUT}})
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path, str(params)
 
@@ -80,7 +86,9 @@ def test_report_renders_from_fixture_metrics(workdir, capsys):
     grid = json.loads((root / "reports" / "plots" / "throughput.json").read_text())
     assert len(acc) == metrics["rows"] and len(grid) == len(bench["results"])
     assert all({"label", "model", "backend", "score", "throughput_seq_per_s"} <= set(r) for r in acc)
-    assert all({"label", "model", "backend", "batch", "seq_len", "throughput_seq_per_s"} <= set(r) for r in grid)
+    assert all(
+        {"label", "model", "backend", "batch", "seq_len", "throughput_seq_per_s"} <= set(r) for r in grid
+    )
     assert len({r["label"] for r in grid}) == len(grid)  # DVC bar plots key on the label
     assert not list(root.glob(".reports.tmp-*"))
 
@@ -108,15 +116,22 @@ def test_malformed_row_names_file_and_key(workdir):
     bench = fixture("bench")
     del bench["results"][3]["throughput_seq_per_s"]
     (root / "metrics" / "details" / "bench.json").write_text(json.dumps(bench))
-    with pytest.raises(ReportInputError, match=r"bench\.json: results\[3\] lacks key\(s\) \['throughput_seq_per_s'\]"):
+    with pytest.raises(
+        ReportInputError, match=r"bench\.json: results\[3\] lacks key\(s\) \['throughput_seq_per_s'\]"
+    ):
         report.main(params)
 
 
 def test_missing_bench_cell_is_na_not_invented():
     bench = fixture("bench")
-    bench["results"] = [r for r in bench["results"]
-                        if not (r["model"], r["backend"], r["batch"], r["seq_len"]) == ("teacher", "ort-int8", *LAT)]
-    rows = table_rows(fixture("teacher"), fixture("prune"), fixture("compile"), fixture("eval"), bench, LAT, TPUT)
+    bench["results"] = [
+        r
+        for r in bench["results"]
+        if not (r["model"], r["backend"], r["batch"], r["seq_len"]) == ("teacher", "ort-int8", *LAT)
+    ]
+    rows = table_rows(
+        fixture("teacher"), fixture("prune"), fixture("compile"), fixture("eval"), bench, LAT, TPUT
+    )
     (row,) = [r for r in rows if (r["model"], r["backend"]) == ("teacher", "ort-int8")]
     assert row["latency_ms_p50"] == NA and row["speedup_x_latency_shape"] == NA
     assert row["throughput_seq_per_s"] == tput(bench, "teacher", "ort-int8", TPUT)
@@ -131,8 +146,11 @@ def write(tmp_path: Path, name: str, doc: dict) -> str:
 def test_compare_two_bench_files_gives_ratio(tmp_path, capsys):
     a = fixture("bench")
     b = copy.deepcopy(a)
-    row = next(r for r in b["results"]
-               if (r["model"], r["backend"], r["batch"], r["seq_len"]) == ("student", "ov-int8", *TPUT))
+    row = next(
+        r
+        for r in b["results"]
+        if (r["model"], r["backend"], r["batch"], r["seq_len"]) == ("student", "ov-int8", *TPUT)
+    )
     row["throughput_seq_per_s"] = round(row["throughput_seq_per_s"] * 1.37, 2)
     out = tmp_path / "cmp.md"
     paths = [write(tmp_path, "a.json", a), write(tmp_path, "b.json", b)]
@@ -156,9 +174,13 @@ def test_compare_flags_precision_shape_and_threads(tmp_path, capsys):
 
     assert compare.main(paths + ["--strict"]) == 1
     text = capsys.readouterr().out
-    assert table_line(text, "student", "ort-int8 | 1 | 32").endswith("| not comparable: precision int8 vs fp32 |")
+    assert table_line(text, "student", "ort-int8 | 1 | 32").endswith(
+        "| not comparable: precision int8 vs fp32 |"
+    )
     assert table_line(text, "teacher", "torch-fp32 | 32 | 128").endswith("| not comparable: threads 8 vs 4 |")
-    assert table_line(text, "student", "ov-int8 | 32 | 128").endswith("| — | — | not comparable: missing in B |")
+    assert table_line(text, "student", "ov-int8 | 32 | 128").endswith(
+        "| — | — | not comparable: missing in B |"
+    )
     assert text.count("not comparable") == 3
     assert compare.main(paths) == 0  # without --strict the flags are shown, not fatal
     capsys.readouterr()
@@ -171,8 +193,9 @@ def test_compare_flags_hardware_and_relevant_versions(tmp_path):
     fa, fb = (compare.load(write(tmp_path, n, d)) for n, d in (("a.json", a), ("b.json", b)))
     ov, torch_ = ("student", "ov-int8", 1, 32, 1), ("student", "torch-fp32", 1, 32, 1)
     # a newer OpenVINO voids the OpenVINO rows' ratios, not the PyTorch ones (still listed under Flags)
-    assert compare.flags_for(fa, fb, fa["rows"][ov], fb["rows"][ov]) == \
-        [f"openvino {a['env']['versions']['openvino']} vs 2099.1.0"]
+    assert compare.flags_for(fa, fb, fa["rows"][ov], fb["rows"][ov]) == [
+        f"openvino {a['env']['versions']['openvino']} vs 2099.1.0"
+    ]
     assert compare.flags_for(fa, fb, fa["rows"][torch_], fb["rows"][torch_]) == []
 
     b["hardware"]["physical_cores"] = 4
@@ -214,23 +237,36 @@ def test_table_shows_what_ran_and_marks_what_differs_from_the_ask(workdir):
     with allow_fallback, ran on the CPU; one bench cell ran otherwise than eval did."""
     root, params = workdir
     ev, bench, comp = fixture("eval"), fixture("bench"), fixture("compile")
-    ev["results"].append({**ev["results"][-1], "backend": "ov-bf16", "precision": "bf16", "inference_precision": "f32"})
+    ev["results"].append(
+        {**ev["results"][-1], "backend": "ov-bf16", "precision": "bf16", "inference_precision": "f32"}
+    )
     bench["hardware"].update(cpu="AMD EPYC 7763", isa=["avx2", "avx512f"])
-    comp["models"]["student"]["ort_sessions"]["int8"]["requested"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    cell = next(r for r in bench["results"] if (r["model"], r["backend"], r["batch"]) == ("student", "ov-int8", 1))
+    comp["models"]["student"]["ort_sessions"]["int8"]["requested"] = [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    cell = next(
+        r for r in bench["results"] if (r["model"], r["backend"], r["batch"]) == ("student", "ov-int8", 1)
+    )
     cell["inference_precision"] = "bf16"
     for name, doc in (("eval", ev), ("bench", bench), ("compile", comp)):
         (root / "metrics" / "details" / f"{name}.json").write_text(json.dumps(doc))
     m = report.main(params)
     md = (root / "reports" / "report.md").read_text()
     assert table_line(md, "student", "ov-bf16").startswith(
-        "| student | ov-bf16 | fp32 | CPU | **bf16 asked, fp32 ran: this CPU has no bf16")
+        "| student | ov-bf16 | fp32 | CPU | **bf16 asked, fp32 ran: this CPU has no bf16"
+    )
     assert table_line(md, "student", "ort-int8 **FLAGGED**").startswith(
         "| student | ort-int8 **FLAGGED** | int8-dynamic | CPUExecutionProvider | **CUDAExecutionProvider,"
-        "CPUExecutionProvider asked, CPUExecutionProvider ran: CUDAExecutionProvider did not load")
-    assert f"**bench ran int8 + bf16 on CPU at b1×s{cell['seq_len']}, eval int8 + fp32 on CPU**" in \
-        table_line(md, "student", "ov-int8")
-    assert table_line(md, "teacher", "ov-int8").startswith("| teacher | ov-int8 | int8 + fp32 | CPU | as asked |")
+        "CPUExecutionProvider asked, CPUExecutionProvider ran: CUDAExecutionProvider did not load"
+    )
+    assert (
+        f"**bench ran int8 + bf16 on CPU at b1×s{cell['seq_len']}, eval int8 + fp32 on CPU**"
+        in table_line(md, "student", "ov-int8")
+    )
+    assert table_line(md, "teacher", "ov-int8").startswith(
+        "| teacher | ov-int8 | int8 + fp32 | CPU | as asked |"
+    )
     assert m["rows_not_as_asked"] == 3
 
 
@@ -240,14 +276,19 @@ def test_failed_benchmark_app_is_shown_not_fatal(workdir):
     ok, gap = bench["crosscheck"]
     for k in ("benchmark_app_seq_per_s", "ratio", "gap_over_15pct"):
         del gap[k]
-    gap["benchmark_app"] = {"error": "benchmark_app not found at /venv/bin/benchmark_app", "command": "-m int8.xml"}
+    gap["benchmark_app"] = {
+        "error": "benchmark_app not found at /venv/bin/benchmark_app",
+        "command": "-m int8.xml",
+    }
     ok.update(benchmark_app={"error": ["[ ERROR ] bad IR"]}, ratio=None)  # older files kept a list of lines
     del ok["ratio"]
     (root / "metrics" / "details" / "bench.json").write_text(json.dumps(bench))
     m = report.main(params)
     md = (root / "reports" / "report.md").read_text()
-    assert ("- **benchmark_app FAILED**: student ov-int8 b32×s128: ours 1777.8 seq/s; this cell is not "
-            "cross-checked: benchmark_app not found at /venv/bin/benchmark_app") in md
+    assert (
+        "- **benchmark_app FAILED**: student ov-int8 b32×s128: ours 1777.8 seq/s; this cell is not "
+        "cross-checked: benchmark_app not found at /venv/bin/benchmark_app"
+    ) in md
     assert "b1×s32: ours 1250.0 seq/s; this cell is not cross-checked: [ ERROR ] bad IR" in md
     assert m["crosscheck_failed"] == 2 and m["crosscheck_gaps_over_15pct"] == 0
 
@@ -260,8 +301,10 @@ def test_labels_of_nearly_coincident_points_do_not_overlap():
     from pipeline.reporting.render import TPUT as T, _pyplot, accuracy_figure
 
     backends = ("ov-int8", "torch-fp32", "ov-fp32", "ort-fp32", "ort-int8")
-    rows = [{"model": "student", "backend": b, "score": 0.9018 + i * 1e-5, T: 85.0 + i * 0.4}
-            for i, b in enumerate(backends)]
+    rows = [
+        {"model": "student", "backend": b, "score": 0.9018 + i * 1e-5, T: 85.0 + i * 0.4}
+        for i, b in enumerate(backends)
+    ]
     rows.append({"model": "teacher", "backend": "ov-int8", "score": 0.95, T: 400.0})  # sets a wide scale
     fig = accuracy_figure(rows, TPUT)
     fig.canvas.draw()  # lays the figure out as savefig does
@@ -297,17 +340,32 @@ def test_the_report_leads_with_the_student_against_its_teacher_on_the_same_runti
     from pipeline.reporting.render_gain import headline, render_gain
 
     def row(model, backend, tput, p50, gz, score, vs_torch):
-        return {"model": model, "backend": backend, "throughput_seq_per_s": tput, "latency_ms_p50": p50,
-                "size_gzip_mb": gz, "score": score, "speedup_x": vs_torch}
+        return {
+            "model": model,
+            "backend": backend,
+            "throughput_seq_per_s": tput,
+            "latency_ms_p50": p50,
+            "size_gzip_mb": gz,
+            "score": score,
+            "speedup_x": vs_torch,
+        }
 
-    rows = [row("teacher", "ov-int8", 296.3, 1.79, 20.3, 0.834, 3.87), row("student", "ov-int8", 900.0, 0.85, 6.0, 0.828, 11.7),
-            row("teacher", "torch-fp32", 76.6, 8.22, 83.6, 0.834, 1.0), row("student", "torch-fp32", 230.0, 3.1, 25.0, 0.829, 3.0)]
+    rows = [
+        row("teacher", "ov-int8", 296.3, 1.79, 20.3, 0.834, 3.87),
+        row("student", "ov-int8", 900.0, 0.85, 6.0, 0.828, 11.7),
+        row("teacher", "torch-fp32", 76.6, 8.22, 83.6, 0.834, 1.0),
+        row("student", "torch-fp32", 230.0, 3.1, 25.0, 0.829, 3.0),
+    ]
     deploy = {"models": {"student": {"target": "openvino-int8", "bundle_size": {"gzip_bytes": 5_000_000}}}}
     compile_ = {"models": {"teacher": {"sizes": {"onnx_fp32": {"gzip_bytes": 83_600_000}}}}}
     lines = render_gain(rows, deploy, compile_, (1, 32), (32, 128))
     lead = lines[2]
     assert lines[0] == "## What pruning bought"
-    assert "ov-int8" in lead and "3.04× its teacher's throughput at b32×s128" in lead and "2.11× at b1×s32" in lead
+    assert (
+        "ov-int8" in lead
+        and "3.04× its teacher's throughput at b32×s128" in lead
+        and "2.11× at b1×s32" in lead
+    )
     assert "1/16.7" in lead and "-0.0060" in lead
     assert any("teacher on ov-int8 alone, unpruned, runs 3.87×" in l for l in lines)
     assert headline(rows, deploy)["student_vs_teacher_x"] == round(900 / 296.3, 4)

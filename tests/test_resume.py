@@ -1,4 +1,5 @@
 """A killed training run resumes from its checkpoint instead of restarting, and leaves no output."""
+
 import os
 import shutil
 import signal
@@ -17,8 +18,12 @@ from tests.conftest import ROOT
 
 def run_until_checkpoint(stage: str, params_path: str, ckpt: Path, timeout: float = 240) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", f"pipeline.{stage}", params_path], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"pipeline.{stage}", params_path],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     try:
         while not (ckpt / "state.pt").exists():
@@ -31,7 +36,9 @@ def run_until_checkpoint(stage: str, params_path: str, ckpt: Path, timeout: floa
 
 
 # tail: masks final after step 3 of 24, so the first checkpoint (step 6, an epoch's end) is mid-average
-@pytest.mark.parametrize("extra", [{}, {"average_tail": True, "start": 0.0, "end": 0.2}], ids=["plain", "tail"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"average_tail": True, "start": 0.0, "end": 0.2}], ids=["plain", "tail"]
+)
 def test_killed_prune_resumes_to_the_same_model(project, extra):
     """Kill mid-schedule, resume: the student equals one trained without interruption (model, optimizer,
     scheduler, INC pruner state, tail average, step and RNG all restored), and the output dir was never
@@ -48,14 +55,18 @@ def test_killed_prune_resumes_to_the_same_model(project, extra):
 
     ckpt = Path(params["prune"]["checkpoint_dir"])
     run_until_checkpoint("prune", path, ckpt)
-    assert not Path(params["prune"]["out_dir"]).exists()           # killed: nothing half-written
+    assert not Path(params["prune"]["out_dir"]).exists()  # killed: nothing half-written
     resumed = prune.main(path)
     assert resumed["resumed_from_step"] > 0 and straight["resumed_from_step"] == 0
     got = load_trained(params["prune"]["out_dir"]).state_dict()
-    assert all(torch.equal(want[k], got[k]) for k in want), [k for k in want if not torch.equal(want[k], got[k])][:3]
+    assert all(torch.equal(want[k], got[k]) for k in want), [
+        k for k in want if not torch.equal(want[k], got[k])
+    ][:3]
     assert resumed["history"] == straight["history"]
-    assert resumed["tail_average"] == straight["tail_average"] and (not extra or straight["tail_average"]["steps"] > 0)
-    assert not ckpt.exists()                                       # a finished run leaves nothing to resume
+    assert resumed["tail_average"] == straight["tail_average"] and (
+        not extra or straight["tail_average"]["steps"] > 0
+    )
+    assert not ckpt.exists()  # a finished run leaves nothing to resume
 
 
 def test_checkpoint_from_other_params_is_ignored(project):

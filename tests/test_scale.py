@@ -1,6 +1,7 @@
 """The default recipe scaled by the data (pipeline.training.scale): a 2k-, an 8k- and a 67k-row task get
 about the same number of updates, in phases that land where the recipe says, and the teacher's recipe is
 chosen without the dev set."""
+
 import hashlib
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def test_student_steps_phases_and_tail_follow_the_train_rows(rows, epochs, steps
     assert start == int(0.125 * steps) and 0 <= 0.625 * steps - end <= p["mask_updates"] + 1
     assert len(range(start, end + 1, freq)) == 41  # the first update and 40 more, however long the run
     tail = steps - end - 1
-    assert 0.37 * steps <= tail <= 0.375 * steps + p["mask_updates"]  # the fixed-sparsity tail the average ships
+    assert (
+        0.37 * steps <= tail <= 0.375 * steps + p["mask_updates"]
+    )  # the fixed-sparsity tail the average ships
     assert p["average_tail"] is True
 
 
@@ -54,15 +57,18 @@ def test_teacher_learning_rate_follows_the_width():
     assert scale.teacher_lr(128) > scale.teacher_lr(384) > scale.teacher_lr(1024)
 
 
-@pytest.mark.parametrize("keys, structured, want", [
-    ({}, False, True),                                    # unstructured sparsity: the mean of the tail ships
-    ({"pattern": "4x1"}, False, True),
-    ({"pattern": "channelx1"}, False, False),             # slimmed heads and FFN channels
-    ({"target_sparsity": 0.0, "speedup": 3.0}, True, False),  # a planned structure
-    ({"target_sparsity": 0.0}, False, False),             # distillation alone: no tail to average
-    ({"end": 1.0}, False, False),                          # the ramp runs to the last step
-    ({"selection": "train_split"}, False, False),          # an epoch is selected instead
-])
+@pytest.mark.parametrize(
+    "keys, structured, want",
+    [
+        ({}, False, True),  # unstructured sparsity: the mean of the tail ships
+        ({"pattern": "4x1"}, False, True),
+        ({"pattern": "channelx1"}, False, False),  # slimmed heads and FFN channels
+        ({"target_sparsity": 0.0, "speedup": 3.0}, True, False),  # a planned structure
+        ({"target_sparsity": 0.0}, False, False),  # distillation alone: no tail to average
+        ({"end": 1.0}, False, False),  # the ramp runs to the last step
+        ({"selection": "train_split"}, False, False),  # an epoch is selected instead
+    ],
+)
 def test_tail_averaging_is_on_where_the_evidence_supports_it(keys, structured, want):
     assert scale.tail_average({**STUDENT, **keys}, structured) is want
 
@@ -78,10 +84,14 @@ def test_the_adaptive_teacher_never_looks_at_dev(project, monkeypatch):
     from pipeline.core import tokens
 
     params, write = project
-    params["teacher"].update(epochs=None, learning_rate=None, min_steps=13, max_epochs=3, selection="train_split")
+    params["teacher"].update(
+        epochs=None, learning_rate=None, min_steps=13, max_epochs=3, selection="train_split"
+    )
     data.main(write(params))
     first = teacher.main(write(params))
-    assert first["recipe"]["derived"] == ["epochs", "learning_rate"] and first["epochs"] == 3  # 6 steps an epoch (86 rows)
+    assert (
+        first["recipe"]["derived"] == ["epochs", "learning_rate"] and first["epochs"] == 3
+    )  # 6 steps an epoch (86 rows)
     assert first["recipe"]["learning_rate"] == scale.teacher_lr(128)  # the tiny model's width
     shipped = _weights(Path(params["teacher"]["out_dir"]))
 
@@ -112,7 +122,10 @@ def test_a_learning_rate_search_keeps_the_best_on_the_train_split(project):
     trials = m["recipe"]["trials"]
     assert [t["learning_rate"] for t in trials] == [1e-4, 3e-3]
     best = max(trials, key=lambda t: t["held_out_score"])
-    assert m["recipe"]["learning_rate"] == best["learning_rate"] and m["selected_epoch"] == best["selected_epoch"]
+    assert (
+        m["recipe"]["learning_rate"] == best["learning_rate"]
+        and m["selected_epoch"] == best["selected_epoch"]
+    )
     shipped = _weights(Path(params["teacher"]["out_dir"]))
     params["teacher"].update(search_learning_rates=None, learning_rate=best["learning_rate"])
     teacher.main(write(params))
@@ -122,7 +135,9 @@ def test_a_learning_rate_search_keeps_the_best_on_the_train_split(project):
 def test_a_search_without_a_train_split_is_refused():
     from pipeline.core.params import ParamsError, validate
 
-    with pytest.raises(ParamsError, match="teacher.search_learning_rates .* needs teacher.selection: train_split"):
+    with pytest.raises(
+        ParamsError, match="teacher.search_learning_rates .* needs teacher.selection: train_split"
+    ):
         validate("teacher", {"search_learning_rates": [3e-5, 7e-5], "selection": "last"})
     with pytest.raises(ParamsError, match="distinct learning rates"):
         validate("teacher", {"search_learning_rates": [3e-5, 3e-5]})

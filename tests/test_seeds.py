@@ -1,5 +1,6 @@
 """pipeline.seeds: one recipe over seeds and sparsities, its summary, per-sparsity overrides (prune keys
 and a run's own distillation rows) and reuse of finished runs."""
+
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +14,13 @@ def test_seeds_summarise_each_sparsity_over_its_runs(trained):
 
     params, write = trained
     params["prune"]["epochs"] = 1
-    params["seeds"] = {"out_dir": str(Path(params["data"]["out_dir"]).parent / "seeds"), "seeds": [0, 1],
-                       "target_sparsities": [0.5], "overrides": {}, "reuse": "verified"}
+    params["seeds"] = {
+        "out_dir": str(Path(params["data"]["out_dir"]).parent / "seeds"),
+        "seeds": [0, 1],
+        "target_sparsities": [0.5],
+        "overrides": {},
+        "reuse": "verified",
+    }
     m = seeds.main(write(params))
     runs = m["runs"]
     assert [(r["seed"], r["target_sparsity"]) for r in runs] == [(0, 0.5), (1, 0.5)]
@@ -35,11 +41,18 @@ def test_seeds_overrides_per_sparsity_and_reuse_on_params(trained):
     params, write = trained
     params["prune"]["epochs"] = 1
     out = Path(params["data"]["out_dir"]).parent / "seeds"
-    params["seeds"] = {"out_dir": str(out), "seeds": [0], "target_sparsities": [0.5, 0.6],
-                       "overrides": {"60": {"epochs": 2}}, "reuse": "params"}
+    params["seeds"] = {
+        "out_dir": str(out),
+        "seeds": [0],
+        "target_sparsities": [0.5, 0.6],
+        "overrides": {"60": {"epochs": 2}},
+        "reuse": "params",
+    }
     m = seeds.main(write(params))
-    assert [(r["target_sparsity"], r["epochs"], r["inputs_verified"]) for r in m["runs"]] == [(0.5, 1, True),
-                                                                                             (0.6, 2, True)]
+    assert [(r["target_sparsity"], r["epochs"], r["inputs_verified"]) for r in m["runs"]] == [
+        (0.5, 1, True),
+        (0.6, 2, True),
+    ]
     for stamp in out.glob("*/inputs.sha256"):
         stamp.unlink()
     params["seeds"]["overrides"] = {"60": {"epochs": 1}}  # 60% now differs in its params: it is retrained
@@ -60,9 +73,16 @@ def test_a_seeds_override_gives_its_runs_their_own_distillation_rows(trained):
     params["prune"]["epochs"] = 1
     base_data = Path(params["data"]["out_dir"])
     out = base_data.parent / "seeds"
-    params["seeds"] = {"out_dir": str(out), "seeds": [0], "target_sparsities": [0.5, 0.6],
-                       "overrides": {"60": {"data": {"max_train_samples": 0}}}, "reuse": "verified"}
-    with pytest.raises(ParamsError, match=r"seeds.overrides\['60'\].data: params: data.max_train_samples = 0"):
+    params["seeds"] = {
+        "out_dir": str(out),
+        "seeds": [0],
+        "target_sparsities": [0.5, 0.6],
+        "overrides": {"60": {"data": {"max_train_samples": 0}}},
+        "reuse": "verified",
+    }
+    with pytest.raises(
+        ParamsError, match=r"seeds.overrides\['60'\].data: params: data.max_train_samples = 0"
+    ):
         seeds.main(write(params))
     assert not out.exists()
     params["seeds"]["overrides"] = {"60": {"data": {"max_train_samples": 32, "seed": 1}}}
@@ -77,7 +97,11 @@ def test_a_seeds_override_gives_its_runs_their_own_distillation_rows(trained):
     assert again["runs"] == m["runs"] and again["stage_wall_time_s"] == 0
     shutil.rmtree(own)  # its data folder is not kept: tokenized again, the stamp still matches, no retraining
     third = seeds.main(write(params))
-    assert third["runs"] == m["runs"] and third["stage_wall_time_s"] > 0 and (own / "train.safetensors").is_file()
+    assert (
+        third["runs"] == m["runs"]
+        and third["stage_wall_time_s"] > 0
+        and (own / "train.safetensors").is_file()
+    )
     assert all(r["inputs_verified"] for r in third["runs"])
     shutil.rmtree(own)  # a dev set that no longer matches the teacher's is refused before pruning
     params["seeds"]["target_sparsities"] = [0.6]
@@ -89,8 +113,13 @@ def test_a_seeds_override_gives_its_runs_their_own_distillation_rows(trained):
 def test_seeds_overrides_must_name_a_listed_sparsity():
     from pipeline.core.params import ParamsError, validate
 
-    ok = {"out_dir": "s", "seeds": [0], "target_sparsities": [0.9, 0.95], "overrides": {"95": {"epochs": 16}},
-          "reuse": "verified"}
+    ok = {
+        "out_dir": "s",
+        "seeds": [0],
+        "target_sparsities": [0.9, 0.95],
+        "overrides": {"95": {"epochs": 16}},
+        "reuse": "verified",
+    }
     assert validate("seeds", ok) == {"bench": False, **ok}  # an optional key left out takes its default
     with pytest.raises(ParamsError, match=r"seeds.overrides names \['80'\], not in seeds.target_sparsities"):
         validate("seeds", {**ok, "overrides": {"80": {"epochs": 16}}})

@@ -1,5 +1,6 @@
 """Seeds as DVC experiments: `python -m pipeline.seeds --from-exps` over a toy DVC project whose prune stage
 writes metrics from its seed and target (no model), queued and run with `dvc exp run`."""
+
 import json
 import os
 import subprocess
@@ -73,7 +74,17 @@ def toy(tmp_path_factory) -> Path:
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "toy")
     # `+` adds a key params.yaml lacks, `++` adds or overrides; a comma list sweeps (3 x 2 = 6 experiments)
-    dvc(repo, "exp", "run", "--queue", "prune", "-S", "++prune.seed=0,1,2", "-S", "prune.target_sparsity=0.9,0.95")
+    dvc(
+        repo,
+        "exp",
+        "run",
+        "--queue",
+        "prune",
+        "-S",
+        "++prune.seed=0,1,2",
+        "-S",
+        "prune.target_sparsity=0.9,0.95",
+    )
     dvc(repo, "exp", "run", "--run-all")
     return repo
 
@@ -90,9 +101,15 @@ def test_seeds_from_dvc_experiments(toy):
     dvc(toy, "exp", "run", "--queue", "prune", "-S", "++prune.seed=3", "-S", "prune.target_sparsity=0.9")
     m = from_exps(str(toy / "params.yaml"))
     assert json.loads((toy / "metrics" / "seeds.json").read_text())["summary"] == m["summary"]
-    assert sorted((r["target_sparsity"], r["seed"]) for r in m["runs"]) == [(s, x) for s in SPARSITIES for x in SEEDS]
-    assert all(r["experiment"] and r["rev"] and r["train_rows"] == "base" and r["steps"] == 30 for r in m["runs"])
-    assert [(x["seed"], x["state"]) for x in m["missing"]] == [(3, "Queued")]  # queued: reported, not summarised
+    assert sorted((r["target_sparsity"], r["seed"]) for r in m["runs"]) == [
+        (s, x) for s in SPARSITIES for x in SEEDS
+    ]
+    assert all(
+        r["experiment"] and r["rev"] and r["train_rows"] == "base" and r["steps"] == 30 for r in m["runs"]
+    )
+    assert [(x["seed"], x["state"]) for x in m["missing"]] == [
+        (3, "Queued")
+    ]  # queued: reported, not summarised
     assert m["per_sparsity"] == {}
     for s in SPARSITIES:
         want = np.array([toy_accuracy(x, s) for x in SEEDS])
@@ -101,28 +118,55 @@ def test_seeds_from_dvc_experiments(toy):
         assert got["accuracy"]["mean"] == pytest.approx(want.mean(), abs=1e-6)
         assert got["accuracy"]["std"] == pytest.approx(want.std(ddof=1), abs=1e-6)
         assert got["delta_accuracy"]["mean"] == pytest.approx(want.mean() - 0.9, abs=1e-6)
-    dvc(toy, "exp", "run", "--queue", "prune", "-S", "++prune.seed=4", "-S", "prune.target_sparsity=0.9",
-        "-S", "+prune.learning_rate=0.001")
-    with pytest.raises(RuntimeError, match=r"at prune.target_sparsity = 0.9 differ in more than prune.seed: "
-                                           r"prune.learning_rate"):
+    dvc(
+        toy,
+        "exp",
+        "run",
+        "--queue",
+        "prune",
+        "-S",
+        "++prune.seed=4",
+        "-S",
+        "prune.target_sparsity=0.9",
+        "-S",
+        "+prune.learning_rate=0.001",
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"at prune.target_sparsity = 0.9 differ in more than prune.seed: "
+        r"prune.learning_rate",
+    ):
         from_exps(str(toy / "params.yaml"))
     dvc(toy, "queue", "remove", "--all")
 
 
 def flat(seed, sparsity, **extra) -> dict:
-    return {"prune.seed": seed, "prune.target_sparsity": sparsity, "prune.epochs": 3, "data.task": "mrpc", **extra}
+    return {
+        "prune.seed": seed,
+        "prune.target_sparsity": sparsity,
+        "prune.epochs": 3,
+        "data.task": "mrpc",
+        **extra,
+    }
 
 
 def test_a_sparsity_may_have_its_own_prune_keys():
-    docs = {"a": flat(0, 0.9), "b": flat(1, 0.9), "c": {**flat(0, 0.95), "prune.epochs": 16},
-            "d": {**flat(1, 0.95), "prune.epochs": 16}}
+    docs = {
+        "a": flat(0, 0.9),
+        "b": flat(1, 0.9),
+        "c": {**flat(0, 0.95), "prune.epochs": 16},
+        "d": {**flat(1, 0.95), "prune.epochs": 16},
+    }
     assert check_exps(docs) == {"prune.epochs": {"0.9": 3, "0.95": 16}}
 
 
 def test_experiments_differing_outside_prune_are_refused():
     docs = {"a": flat(0, 0.9), "b": flat(1, 0.95, **{"data.task": "sst2"})}
-    with pytest.raises(RuntimeError, match=r"outside prune.seed and prune.target_sparsity: data.task: mrpc \(a\) "
-                                           r"/ sst2 \(b\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"outside prune.seed and prune.target_sparsity: data.task: mrpc \(a\) "
+        r"/ sst2 \(b\)",
+    ):
         check_exps(docs)
 
 

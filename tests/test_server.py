@@ -1,6 +1,7 @@
 """pipeline.serving.server: every element checked before batching, 4xx (never 5xx) for bad requests, a failure in a
 batch kept to its own request, readiness, the Batcher, and a bounded 200-request concurrent load test whose
 answers equal the bundle runner's. The real-client (tritonclient) conformance tests: test_server_conformance.py."""
+
 import asyncio
 import json
 import os
@@ -22,27 +23,45 @@ from tools.diagnostics import loadtest
 
 def test_texts_accepts_texts_and_pairs():
     assert texts([("text", "BYTES", [2], ["a", ""])], False, LIMITS) == (["a", ""], None)
-    assert texts([("text", "BYTES", [1], ["a"]), ("text_pair", "BYTES", [1], ["b"])], True, LIMITS) == (["a"], ["b"])
+    assert texts([("text", "BYTES", [1], ["a"]), ("text_pair", "BYTES", [1], ["b"])], True, LIMITS) == (
+        ["a"],
+        ["b"],
+    )
 
 
-@pytest.mark.parametrize("inputs,pairs,match", [
-    ([("sentence", "BYTES", [1], ["a"])], False, "named"),
-    ([("text", "INT64", [1], [1])], False, "datatype"),
-    ([("text", "BYTES", [0], [])], False, "empty"),
-    ([("text", "BYTES", [2], ["a"])], False, "shape"),
-    ([("text", "BYTES", [1], ["x" * (LIMITS["max_chars"] + 1)])], False, "element 0: 2001 characters"),
-    ([("text", "BYTES", [LIMITS["max_texts"] + 1], ["a"] * (LIMITS["max_texts"] + 1))], False, "over the limit"),
-    ([("text", "BYTES", [1], ["a"])], True, "named"),
-    ([("text", "BYTES", [1], ["a"]), ("text", "BYTES", [1], ["b"])], False, "named"),
-    ([("text", "BYTES", [2], ["a", "b"]), ("text_pair", "BYTES", [1], ["c"])], True, "text_pairs"),
-    # accepted before issue 27: 5 was scored as the text "5", NUL as an empty text, a lone surrogate failed the batch
-    ([("text", "BYTES", [2], ["good", 5])], False, "'text' element 1: expected a string, got int"),
-    ([("text", "BYTES", [2], ["good", None])], False, "'text' element 1: expected a string, got NoneType"),
-    ([("text", "BYTES", [1], ["a\u0000"])], False, "'text' element 0: a NUL character at character 1"),
-    ([("text", "BYTES", [2], ["ok", "\ud800"])], False, "'text' element 1: not valid UTF-8"),
-    ([("text", "BYTES", [1], [["nested"]])], False, "element 0: expected a string, got list"),
-    ([("text", "BYTES", [1], ["a"]), ("text_pair", "BYTES", [1], ["\udcff"])], True, "'text_pair' element 0"),
-])
+@pytest.mark.parametrize(
+    "inputs,pairs,match",
+    [
+        ([("sentence", "BYTES", [1], ["a"])], False, "named"),
+        ([("text", "INT64", [1], [1])], False, "datatype"),
+        ([("text", "BYTES", [0], [])], False, "empty"),
+        ([("text", "BYTES", [2], ["a"])], False, "shape"),
+        ([("text", "BYTES", [1], ["x" * (LIMITS["max_chars"] + 1)])], False, "element 0: 2001 characters"),
+        (
+            [("text", "BYTES", [LIMITS["max_texts"] + 1], ["a"] * (LIMITS["max_texts"] + 1))],
+            False,
+            "over the limit",
+        ),
+        ([("text", "BYTES", [1], ["a"])], True, "named"),
+        ([("text", "BYTES", [1], ["a"]), ("text", "BYTES", [1], ["b"])], False, "named"),
+        ([("text", "BYTES", [2], ["a", "b"]), ("text_pair", "BYTES", [1], ["c"])], True, "text_pairs"),
+        # accepted before issue 27: 5 was scored as the text "5", NUL as an empty text, a lone surrogate failed the batch
+        ([("text", "BYTES", [2], ["good", 5])], False, "'text' element 1: expected a string, got int"),
+        (
+            [("text", "BYTES", [2], ["good", None])],
+            False,
+            "'text' element 1: expected a string, got NoneType",
+        ),
+        ([("text", "BYTES", [1], ["a\u0000"])], False, "'text' element 0: a NUL character at character 1"),
+        ([("text", "BYTES", [2], ["ok", "\ud800"])], False, "'text' element 1: not valid UTF-8"),
+        ([("text", "BYTES", [1], [["nested"]])], False, "element 0: expected a string, got list"),
+        (
+            [("text", "BYTES", [1], ["a"]), ("text_pair", "BYTES", [1], ["\udcff"])],
+            True,
+            "'text_pair' element 0",
+        ),
+    ],
+)
 def test_texts_names_the_input_and_element(inputs, pairs, match):
     with pytest.raises(BadRequest, match=match):
         texts(inputs, pairs, LIMITS)
@@ -51,8 +70,12 @@ def test_texts_names_the_input_and_element(inputs, pairs, match):
 def binary_body(values: list[bytes], declared: int | None = None, name: str = "text") -> tuple[bytes, str]:
     """(body, Inference-Header-Content-Length) of a binary-data request with BYTES elements as given."""
     data = b"".join(struct.pack("<I", len(v)) + v for v in values)
-    spec = {"name": name, "shape": [len(values)], "datatype": "BYTES",
-            "parameters": {"binary_data_size": len(data) if declared is None else declared}}
+    spec = {
+        "name": name,
+        "shape": [len(values)],
+        "datatype": "BYTES",
+        "parameters": {"binary_data_size": len(data) if declared is None else declared},
+    }
     header = json.dumps({"inputs": [spec]}).encode()
     return header + data, str(len(header))
 
@@ -60,9 +83,18 @@ def binary_body(values: list[bytes], declared: int | None = None, name: str = "t
 def test_decode_reads_json_and_binary_forms_alike():
     body, size = binary_body([b"a fine day", "é😀".encode()])
     got = decode(body, size).inputs[0]
-    assert (got["name"], got["datatype"], got["shape"], got["data"]) == ("text", "BYTES", [2], ["a fine day", "é😀"])
-    js = decode(json.dumps({"id": "r1", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                                    "data": ["x"]}]}).encode(), None)
+    assert (got["name"], got["datatype"], got["shape"], got["data"]) == (
+        "text",
+        "BYTES",
+        [2],
+        ["a fine day", "é😀"],
+    )
+    js = decode(
+        json.dumps(
+            {"id": "r1", "inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+        ).encode(),
+        None,
+    )
     assert js.id == "r1" and js.inputs[0]["data"] == ["x"]
 
 
@@ -71,25 +103,46 @@ def _cut_prefix():
     return body[:-1], size
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: (binary_body([b"ok"])[0], "abc"), "Inference-Header-Content-Length must be a byte count, got 'abc'"),
-    (lambda: (binary_body([b"ok"])[0], "-1"), "must be a byte count"),
-    (lambda: (b"{}", "99"), "is 99 but the body has only 2 bytes"),
-    (lambda: (struct.pack("<I", 50) + b"ab", None), "not UTF-8 JSON"),
-    (lambda: _cut_prefix(), "input 'text' element 0: length prefix 3 is larger than the 2 bytes left"),
-    (lambda: binary_body([b"ok", b"\xff\xfe"]), "input 'text' element 1: not UTF-8"),
-    (lambda: binary_body([b"ok"], declared=100), "binary_data_size 100 but only 6 bytes"),  # body short of its size
-    (lambda: binary_body([b"ok"], declared=5), "element 0: length prefix 2 is larger than the 1 bytes left"),
-    (lambda: binary_body([b"ok"], declared=-1), "binary_data_size must be a byte count"),
-    (lambda: binary_body([b"ok"], declared=2), "4-byte length prefix is cut off"),
-    (lambda: (binary_body([b"ok"])[0] + b"extra", binary_body([b"ok"])[1]), "declare 6 bytes .* carries 11"),
-    (lambda: (b'{"inputs": [', None), "not UTF-8 JSON"),
-    (lambda: (b'["a"]', None), "must be a JSON object"),
-    (lambda: (b'{"inputs": []}', None), "non-empty 'inputs'"),
-    (lambda: (b'{"inputs": [{"name": "text", "shape": "1", "datatype": "BYTES", "data": []}]}', None), "shape must"),
-    (lambda: (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}', None), "no data"),
-    (lambda: ('{"inputs": [{"name": "text", "data": ["\xff"]}]}'.encode("latin-1"), None), "not UTF-8 JSON"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: (binary_body([b"ok"])[0], "abc"),
+            "Inference-Header-Content-Length must be a byte count, got 'abc'",
+        ),
+        (lambda: (binary_body([b"ok"])[0], "-1"), "must be a byte count"),
+        (lambda: (b"{}", "99"), "is 99 but the body has only 2 bytes"),
+        (lambda: (struct.pack("<I", 50) + b"ab", None), "not UTF-8 JSON"),
+        (lambda: _cut_prefix(), "input 'text' element 0: length prefix 3 is larger than the 2 bytes left"),
+        (lambda: binary_body([b"ok", b"\xff\xfe"]), "input 'text' element 1: not UTF-8"),
+        (
+            lambda: binary_body([b"ok"], declared=100),
+            "binary_data_size 100 but only 6 bytes",
+        ),  # body short of its size
+        (
+            lambda: binary_body([b"ok"], declared=5),
+            "element 0: length prefix 2 is larger than the 1 bytes left",
+        ),
+        (lambda: binary_body([b"ok"], declared=-1), "binary_data_size must be a byte count"),
+        (lambda: binary_body([b"ok"], declared=2), "4-byte length prefix is cut off"),
+        (
+            lambda: (binary_body([b"ok"])[0] + b"extra", binary_body([b"ok"])[1]),
+            "declare 6 bytes .* carries 11",
+        ),
+        (lambda: (b'{"inputs": [', None), "not UTF-8 JSON"),
+        (lambda: (b'["a"]', None), "must be a JSON object"),
+        (lambda: (b'{"inputs": []}', None), "non-empty 'inputs'"),
+        (
+            lambda: (b'{"inputs": [{"name": "text", "shape": "1", "datatype": "BYTES", "data": []}]}', None),
+            "shape must",
+        ),
+        (lambda: (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES"}]}', None), "no data"),
+        (
+            lambda: ('{"inputs": [{"name": "text", "data": ["\xff"]}]}'.encode("latin-1"), None),
+            "not UTF-8 JSON",
+        ),
+    ],
+)
 def test_decode_refuses_malformed_bodies_naming_the_fault(make, match):
     body, size = make()
     with pytest.raises(BadRequest, match=match):
@@ -134,7 +187,9 @@ def test_batcher_joins_concurrent_requests_and_splits_the_answers():
         return b, outs
 
     b, outs = asyncio.run(go())
-    assert all(o[0][:, 0].tolist() == [i] * (1 + i % 2) for i, o in enumerate(outs))  # each gets its own rows back
+    assert all(
+        o[0][:, 0].tolist() == [i] * (1 + i % 2) for i, o in enumerate(outs)
+    )  # each gets its own rows back
     assert all(len(o[1]) == 1 + i % 2 for i, o in enumerate(outs))  # every array of the tuple is split alike
     assert b.calls == len(seen) < 20 and sum(seen) == sum(1 + i % 2 for i in range(20))
     assert max(seen) <= 8 + 1  # a batch stops growing at max_batch (the last request may carry it one over)
@@ -171,8 +226,14 @@ def test_readiness_follows_the_model_and_the_batching_loop():
     """Before issue 27 /v2/health/ready said true after the model was unloaded (kserve's DataPlane.ready is
     always True without a predictor host). In its own process: kserve's protobuf module and
     tritonclient.grpc's (pipeline.serving.repository) register the same names and cannot share one."""
-    res = subprocess.run([sys.executable, "-c", READINESS], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = subprocess.run(
+        [sys.executable, "-c", READINESS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split("\n")[-2] == "[False, False, True, False]"
 
@@ -183,7 +244,9 @@ def server(served):  # noqa: F811
 
 
 def infer(url, body, **kw):
-    return httpx.post(f"{url}/v2/models/student/infer", timeout=30, **kw, **({"json": body} if body is not None else {}))
+    return httpx.post(
+        f"{url}/v2/models/student/infer", timeout=30, **kw, **({"json": body} if body is not None else {})
+    )
 
 
 def test_health_metadata_and_an_answer_equal_to_the_runner(server):
@@ -199,21 +262,29 @@ def test_health_metadata_and_an_answer_equal_to_the_runner(server):
     assert label == Bundle(bundle).predict(["a fine day"])[0]["label"]
 
 
-@pytest.mark.parametrize("kind", ["malformed", "name", "datatype", "empty", "too_many", "too_long", "body", "chunked",
-                                  "model", "v1"])
+@pytest.mark.parametrize(
+    "kind",
+    ["malformed", "name", "datatype", "empty", "too_many", "too_long", "body", "chunked", "model", "v1"],
+)
 def test_bad_requests_get_a_4xx_with_a_message_and_the_server_lives(server, kind):
     url, _ = server
     text = {"name": "text", "shape": [1], "datatype": "BYTES", "data": ["ok"]}
     n = LIMITS["max_texts"] + 1
-    cases = {"malformed": dict(content=b'{"inputs": [', headers={"content-type": "application/json"}),
-             "name": dict(json={"inputs": [{**text, "name": "sentence"}]}),
-             "datatype": dict(json={"inputs": [{**text, "datatype": "INT64", "data": [1]}]}),
-             "empty": dict(json={"inputs": [{**text, "shape": [0], "data": []}]}),
-             "too_many": dict(json={"inputs": [{**text, "shape": [n], "data": ["a"] * n}]}),
-             "too_long": dict(json={"inputs": [{**text, "data": ["x" * (LIMITS["max_chars"] + 1)]}]}),
-             "body": dict(content=b"x" * (LIMITS["max_body_bytes"] + 1), headers={"content-type": "application/json"}),
-             "chunked": dict(content=iter([b"x" * (1 << 16)] * (LIMITS["max_body_bytes"] // (1 << 16) + 2)),
-                             headers={"content-type": "application/json"})}  # no content-length: counted as read
+    cases = {
+        "malformed": dict(content=b'{"inputs": [', headers={"content-type": "application/json"}),
+        "name": dict(json={"inputs": [{**text, "name": "sentence"}]}),
+        "datatype": dict(json={"inputs": [{**text, "datatype": "INT64", "data": [1]}]}),
+        "empty": dict(json={"inputs": [{**text, "shape": [0], "data": []}]}),
+        "too_many": dict(json={"inputs": [{**text, "shape": [n], "data": ["a"] * n}]}),
+        "too_long": dict(json={"inputs": [{**text, "data": ["x" * (LIMITS["max_chars"] + 1)]}]}),
+        "body": dict(
+            content=b"x" * (LIMITS["max_body_bytes"] + 1), headers={"content-type": "application/json"}
+        ),
+        "chunked": dict(
+            content=iter([b"x" * (1 << 16)] * (LIMITS["max_body_bytes"] // (1 << 16) + 2)),
+            headers={"content-type": "application/json"},
+        ),
+    }  # no content-length: counted as read
     if kind == "model":
         r = httpx.post(f"{url}/v2/models/nope/infer", json={"inputs": [text]}, timeout=30)
     elif kind == "v1":
@@ -227,9 +298,13 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_lives(server, kind
 
 def test_load_test_200_concurrent_requests(built):
     params, _, _ = built
-    rows = [(json.loads(line)["text"], None)
-            for line in (Path(params["data"]["out_dir"]) / "eval.jsonl").read_text().splitlines()]
-    got = loadtest.run(Path(params["deploy"]["bundle_dir"]) / "student", rows, 200, 200, threads=1, timeout_s=120)
+    rows = [
+        (json.loads(line)["text"], None)
+        for line in (Path(params["data"]["out_dir"]) / "eval.jsonl").read_text().splitlines()
+    ]
+    got = loadtest.run(
+        Path(params["deploy"]["bundle_dir"]) / "student", rows, 200, 200, threads=1, timeout_s=120
+    )
     assert got["errors"] == 0, got["error_examples"]
     assert got["mismatches_vs_runner"] == 0 and got["label_mismatches"] == 0
     assert got["throughput_req_per_s"] > 0 and got["latency_ms_p99"] >= got["latency_ms_p50"]

@@ -2,6 +2,7 @@
 infer, errors as InferenceServerException with the server's message; raw HTTP for each malformed request
 the issue lists; a property test of random good and bad requests sent together; a 1,000-request load test
 with bad requests mixed in. One server process (tests/serving.py) on 127.0.0.1 serves them all."""
+
 import asyncio
 import json
 import random
@@ -47,20 +48,33 @@ def triton_input(texts: list, binary: bool, name: str = "text"):
 
 
 def json_body(values: list, name: str = "text") -> bytes:
-    return json.dumps({"inputs": [{"name": name, "shape": [len(values)], "datatype": "BYTES", "data": values}]},
-                      ensure_ascii=True).encode()
+    return json.dumps(
+        {"inputs": [{"name": name, "shape": [len(values)], "datatype": "BYTES", "data": values}]},
+        ensure_ascii=True,
+    ).encode()
 
 
 def binary_request(values: list[bytes], declared: int | None = None) -> tuple[bytes, dict]:
     """(body, headers) of a binary-data request with these BYTES elements; `declared` overrides the size."""
     data = b"".join(struct.pack("<I", len(v)) + v for v in values)
     size = len(data) if declared is None else declared
-    header = json.dumps({"inputs": [{"name": "text", "shape": [len(values)], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "shape": [len(values)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
     return header + data, {"Inference-Header-Content-Length": str(len(header))}
 
 
 # --- tritonclient ---------------------------------------------------------------------------------------------
+
 
 def test_tritonclient_health_metadata_versions_config_stats_and_index(client):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("student")
@@ -71,8 +85,9 @@ def test_tritonclient_health_metadata_versions_config_stats_and_index(client):
         assert meta["versions"] == ["1"] and [i["name"] for i in meta["inputs"]] == ["text"]
         assert [o["name"] for o in meta["outputs"]] == ["logits", "label"]
     config = client.get_model_config("student")  # was a 404 the client could not decode
-    assert config["name"] == "student" and config["input"] == [{"name": "text", "data_type": "TYPE_STRING",
-                                                                 "dims": [-1]}]
+    assert config["name"] == "student" and config["input"] == [
+        {"name": "text", "data_type": "TYPE_STRING", "dims": [-1]}
+    ]
     stats = client.get_inference_statistics("student")["model_stats"]
     assert stats[0]["name"] == "student" and stats[0]["version"] == "1"
     assert {"success", "fail"} <= set(stats[0]["inference_stats"])
@@ -103,14 +118,25 @@ def test_tritonclient_async_infer(client, runner):
         np.testing.assert_allclose(request.get_result().as_numpy("logits"), runner.logits([text]), atol=ATOL)
 
 
-@pytest.mark.parametrize("call,status,message", [
-    (lambda c: c.infer("student", [triton_input([b"ok", b"\xff"], True)]), "400", "'text' element 1: not UTF-8"),
-    (lambda c: c.infer("student", [triton_input(["ok"], False, name="sentence")]), "400", "inputs must be named"),
-    (lambda c: c.get_model_metadata("nope"), "404", "nope"),
-    (lambda c: c.get_model_metadata("student", "2"), "404", "only version 1"),
-    (lambda c: c.unload_model("student"), "403", "model control is off"),
-    (lambda c: c.load_model("student"), "403", "model control is off"),
-])
+@pytest.mark.parametrize(
+    "call,status,message",
+    [
+        (
+            lambda c: c.infer("student", [triton_input([b"ok", b"\xff"], True)]),
+            "400",
+            "'text' element 1: not UTF-8",
+        ),
+        (
+            lambda c: c.infer("student", [triton_input(["ok"], False, name="sentence")]),
+            "400",
+            "inputs must be named",
+        ),
+        (lambda c: c.get_model_metadata("nope"), "404", "nope"),
+        (lambda c: c.get_model_metadata("student", "2"), "404", "only version 1"),
+        (lambda c: c.unload_model("student"), "403", "model control is off"),
+        (lambda c: c.load_model("student"), "403", "model control is off"),
+    ],
+)
 def test_tritonclient_errors_carry_the_servers_message(client, call, status, message):
     from tritonclient.utils import InferenceServerException
 
@@ -123,22 +149,36 @@ def test_tritonclient_errors_carry_the_servers_message(client, call, status, mes
 # --- raw HTTP: each malformed request of the issue ------------------------------------------------------------
 
 MALFORMED = {  # name: (body, headers, what the error must say); each was a 500 or was scored before issue 27
-    "lone_surrogate": (b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["\\ud800"]}]}',
-                       JSON, "'text' element 0: not valid UTF-8"),
+    "lone_surrogate": (
+        b'{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["\\ud800"]}]}',
+        JSON,
+        "'text' element 0: not valid UTF-8",
+    ),
     "non_string": (json_body(["good", 5]), JSON, "'text' element 1: expected a string, got int"),
     "nul": (json_body(["\u0000"]), JSON, "'text' element 0: a NUL character"),
-    "header_not_a_number": (binary_request([b"ok"])[0], {"Inference-Header-Content-Length": "abc"},
-                            "Inference-Header-Content-Length must be a byte count"),
+    "header_not_a_number": (
+        binary_request([b"ok"])[0],
+        {"Inference-Header-Content-Length": "abc"},
+        "Inference-Header-Content-Length must be a byte count",
+    ),
     "non_utf8_bytes": (*binary_request([b"good", b"caf\xe9"]), "'text' element 1: not UTF-8"),
-    "short_body": (binary_request([b"a fine day"])[0][:-3], binary_request([b"a fine day"])[1],
-                   "binary_data_size 14 but only 11 bytes"),
+    "short_body": (
+        binary_request([b"a fine day"])[0][:-3],
+        binary_request([b"a fine day"])[1],
+        "binary_data_size 14 but only 11 bytes",
+    ),
 }
 
 
 def _prefix_over_body():
     """An element whose length prefix says 1000 while 2 bytes follow."""
-    header = json.dumps({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 6}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}
+            ]
+        }
+    ).encode()
     return header + struct.pack("<I", 1000) + b"ok", {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -159,8 +199,12 @@ def test_a_bad_request_does_not_fail_its_batch_neighbours(served, runner):  # no
     async def fire():
         async with httpx.AsyncClient(timeout=60) as http:
             url = f"{served.url}/v2/models/student/infer"
-            return await asyncio.gather(*(http.post(url, content=json_body([t]) if t else bad, headers=JSON)
-                                          for t in SENTENCES[:4] + [None] + SENTENCES[4:8]))
+            return await asyncio.gather(
+                *(
+                    http.post(url, content=json_body([t]) if t else bad, headers=JSON)
+                    for t in SENTENCES[:4] + [None] + SENTENCES[4:8]
+                )
+            )
 
     answers = asyncio.run(fire())
     for text, r in zip(SENTENCES[:8], answers[:4] + answers[5:]):
@@ -171,7 +215,9 @@ def test_a_bad_request_does_not_fail_its_batch_neighbours(served, runner):  # no
 
 
 def test_json_without_content_type_is_read_as_json(served):  # noqa: F811
-    request = httpx.Request("POST", f"{served.url}/v2/models/student/infer", content=json_body(["a fine day"]))
+    request = httpx.Request(
+        "POST", f"{served.url}/v2/models/student/infer", content=json_body(["a fine day"])
+    )
     assert "content-type" not in request.headers
     with httpx.Client(timeout=30) as http:
         r = http.send(request)
@@ -184,17 +230,25 @@ def test_model_control_is_off_and_the_model_stays_servable(served):  # noqa: F81
         r = httpx.post(f"{served.url}/v2/repository/models/student/{verb}", timeout=30)
         assert r.status_code == 403 and "model control is off" in r.json()["error"]
     assert httpx.get(f"{served.url}/v2/health/ready", timeout=30).json() == {"ready": True}
-    assert httpx.post(f"{served.url}/v2/models/student/infer", content=json_body(["ok"]), timeout=30).status_code == 200
+    assert (
+        httpx.post(f"{served.url}/v2/models/student/infer", content=json_body(["ok"]), timeout=30).status_code
+        == 200
+    )
 
 
-@pytest.mark.parametrize("method,path,status", [("GET", "/v2/models/student/versions/1", 200),
-                                                ("GET", "/v2/models/student/versions/7", 404),
-                                                ("GET", "/v2/models/student/config", 200),
-                                                ("GET", "/v2/models/stats", 200),
-                                                ("POST", "/v2/repository/index", 200),
-                                                ("GET", "/v2/no/such/route", 404),
-                                                ("DELETE", "/v2/models/student", 405),
-                                                ("POST", "/v1/models/student:predict", 404)])
+@pytest.mark.parametrize(
+    "method,path,status",
+    [
+        ("GET", "/v2/models/student/versions/1", 200),
+        ("GET", "/v2/models/student/versions/7", 404),
+        ("GET", "/v2/models/student/config", 200),
+        ("GET", "/v2/models/stats", 200),
+        ("POST", "/v2/repository/index", 200),
+        ("GET", "/v2/no/such/route", 404),
+        ("DELETE", "/v2/models/student", 405),
+        ("POST", "/v1/models/student:predict", 404),
+    ],
+)
 def test_every_route_answers_json_a_client_decodes(served, method, path, status):  # noqa: F811
     r = httpx.request(method, f"{served.url}{path}", timeout=30)
     assert r.status_code == status and isinstance(r.json(), (dict, list)), r.text
@@ -205,7 +259,9 @@ def test_every_route_answers_json_a_client_decodes(served, method, path, status)
 def test_a_rejected_request_logs_one_warning_line_and_no_traceback(served):  # noqa: F811
     """Each rejection wrote ~28 traceback lines at ERROR before issue 27."""
     marker = f"sentence-{uuid.uuid4().hex}"
-    r = httpx.post(f"{served.url}/v2/models/student/infer", content=json_body(["ok"], name=marker), timeout=30)
+    r = httpx.post(
+        f"{served.url}/v2/models/student/infer", content=json_body(["ok"], name=marker), timeout=30
+    )
     assert r.status_code == 400
     time.sleep(0.2)  # the server writes its log line after the answer
     log = served.log_text()
@@ -218,16 +274,28 @@ def test_a_rejected_request_logs_one_warning_line_and_no_traceback(served):  # n
 
 GOOD_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=60)
 BAD = st.one_of(
-    st.tuples(st.just("non_string"), st.one_of(st.integers(), st.none(), st.booleans(), st.floats(allow_nan=False)),
-              st.just("expected a string")),
+    st.tuples(
+        st.just("non_string"),
+        st.one_of(st.integers(), st.none(), st.booleans(), st.floats(allow_nan=False)),
+        st.just("expected a string"),
+    ),
     st.tuples(st.just("surrogate"), st.integers(0xD800, 0xDFFF).map(chr), st.just("not valid UTF-8")),
     st.tuples(st.just("nul"), GOOD_TEXT.map(lambda t: t + "\x00"), st.just("a NUL character")),
-    st.tuples(st.just("bad_utf8"), st.sampled_from([b"\xff", b"\xc3", b"ab\xed\xa0\x80", b"\xe9t\xe9"]),
-              st.just("not UTF-8")),
-    st.tuples(st.just("short"), st.integers(1, 4),  # every element has a 4-byte prefix
-              st.just("bytes of binary data are left")),
-    st.tuples(st.just("header"), st.sampled_from(["abc", "-3", "1e3", "99999999"]),
-              st.just("Inference-Header-Content-Length")),
+    st.tuples(
+        st.just("bad_utf8"),
+        st.sampled_from([b"\xff", b"\xc3", b"ab\xed\xa0\x80", b"\xe9t\xe9"]),
+        st.just("not UTF-8"),
+    ),
+    st.tuples(
+        st.just("short"),
+        st.integers(1, 4),  # every element has a 4-byte prefix
+        st.just("bytes of binary data are left"),
+    ),
+    st.tuples(
+        st.just("header"),
+        st.sampled_from(["abc", "-3", "1e3", "99999999"]),
+        st.just("Inference-Header-Content-Length"),
+    ),
 )
 
 
@@ -252,11 +320,21 @@ REQUEST = st.one_of(
 
 async def _send_all(url: str, requests: list[tuple[bytes, dict]]) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60) as http:
-        return await asyncio.gather(*(http.post(url, content=body, headers=headers) for body, headers in requests))
+        return await asyncio.gather(
+            *(http.post(url, content=body, headers=headers) for body, headers in requests)
+        )
 
 
-@settings(max_examples=12, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=12,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 @given(st.lists(REQUEST, min_size=2, max_size=24))
 def test_random_good_and_bad_requests_sent_together(served, runner, requests):  # noqa: F811
     """Every good request is answered as the runner answers it, every bad one is a 400 naming its fault,
@@ -277,7 +355,11 @@ def test_random_good_and_bad_requests_sent_together(served, runner, requests):  
             got = np.array(out["data"], np.float32).reshape(out["shape"])
             np.testing.assert_allclose(got, runner.logits(request[1]), atol=ATOL)
         else:
-            assert r.status_code == 400 and request[1][2] in r.json()["error"], (request, r.status_code, r.text)
+            assert r.status_code == 400 and request[1][2] in r.json()["error"], (
+                request,
+                r.status_code,
+                r.text,
+            )
 
 
 # --- 1,000 requests with bad ones mixed in --------------------------------------------------------------------
@@ -293,24 +375,41 @@ async def _load(served, plan: list, good_texts: dict) -> list[dict]:  # noqa: F8
     client = aio.InferenceServerClient(served.host, conn_limit=LOAD_CONCURRENCY, conn_timeout=60)
     gate = asyncio.Semaphore(LOAD_CONCURRENCY)
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=LOAD_CONCURRENCY)) as raw:
+
         async def one(i: int, kind: str):
             async with gate:
                 t0 = time.perf_counter()
                 try:
                     if kind == "good":
                         result = await client.infer("student", [triton_input([good_texts[i]], binary=True)])
-                        return {"kind": kind, "ok": True, "logits": result.as_numpy("logits")[0],
-                                "seconds": time.perf_counter() - t0}
+                        return {
+                            "kind": kind,
+                            "ok": True,
+                            "logits": result.as_numpy("logits")[0],
+                            "seconds": time.perf_counter() - t0,
+                        }
                     body, headers = MALFORMED[kind][:2]
                     r = await raw.post(f"{served.url}/v2/models/student/infer", content=body, headers=headers)
-                    return {"kind": kind, "ok": r.status_code == 400, "error": r.text[:200],
-                            "seconds": time.perf_counter() - t0}
-                except Exception as e:  # a good request that fails is counted, not raised: the figures say how many
-                    return {"kind": kind, "ok": False, "error": f"{type(e).__name__}: {e}"[:200],
-                            "seconds": time.perf_counter() - t0}
+                    return {
+                        "kind": kind,
+                        "ok": r.status_code == 400,
+                        "error": r.text[:200],
+                        "seconds": time.perf_counter() - t0,
+                    }
+                except (
+                    Exception
+                ) as e:  # a good request that fails is counted, not raised: the figures say how many
+                    return {
+                        "kind": kind,
+                        "ok": False,
+                        "error": f"{type(e).__name__}: {e}"[:200],
+                        "seconds": time.perf_counter() - t0,
+                    }
 
         try:
-            return await asyncio.wait_for(asyncio.gather(*(one(i, k) for i, k in enumerate(plan))), LOAD_TIMEOUT_S)
+            return await asyncio.wait_for(
+                asyncio.gather(*(one(i, k) for i, k in enumerate(plan))), LOAD_TIMEOUT_S
+            )
         finally:
             await client.close()
 
@@ -329,12 +428,19 @@ def test_1000_requests_with_bad_ones_mixed_in(served, runner):  # noqa: F811
     errors = [r["error"] for _, r in good if not r["ok"]]
     mismatches = [i for i, r in good if r["ok"] and not np.allclose(r["logits"], want[i], atol=ATOL)]
     ms = np.array([r["seconds"] for r in records]) * 1000
-    figures = {"requests": len(records), "good": len(good), "bad": len(bad), "good_errors": len(errors),
-               "good_mismatches_vs_runner": len(mismatches), "bad_answered_400": sum(r["ok"] for r in bad),
-               "concurrency": LOAD_CONCURRENCY, "wall_s": round(wall, 2),
-               "throughput_req_per_s": round(len(records) / wall, 1),
-               "latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
-               "latency_ms_p99": round(float(np.percentile(ms, 99)), 1)}
+    figures = {
+        "requests": len(records),
+        "good": len(good),
+        "bad": len(bad),
+        "good_errors": len(errors),
+        "good_mismatches_vs_runner": len(mismatches),
+        "bad_answered_400": sum(r["ok"] for r in bad),
+        "concurrency": LOAD_CONCURRENCY,
+        "wall_s": round(wall, 2),
+        "throughput_req_per_s": round(len(records) / wall, 1),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 1),
+        "latency_ms_p99": round(float(np.percentile(ms, 99)), 1),
+    }
     print("\nload test:", json.dumps(figures))
     assert len(bad) >= 100 and len(good) >= 800
     assert not errors, errors[:3]

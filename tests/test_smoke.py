@@ -1,4 +1,5 @@
 """Every stage's main() in sequence on the tiny model and tiny data (the `built` fixture)."""
+
 import json
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """The one metric code path, checked against scikit-learn and scipy on fixed inputs."""
+
 import numpy as np
 import pytest
 from scipy import stats

@@ -1,5 +1,6 @@
 """Vocabulary trimming (prune.vocab: task): which ids are kept, the trimmed student's save and reload,
 and a trimmed student through prune, export and compile with their parity gates."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,9 @@ SPECIALS = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK], as in the tiny voc
 def test_kept_ids_are_specials_core_and_train_ids():
     kept = vocab.kept_ids(20, [*SPECIALS, 17], core=7, train_ids=np.array([9, 12, 9, 3]))
     assert kept.tolist() == [0, 1, 2, 3, 4, 5, 6, 9, 12, 17]
-    assert vocab.kept_ids(20, SPECIALS, core=100, train_ids=np.array([], np.int64)).tolist() == list(range(20))
+    assert vocab.kept_ids(20, SPECIALS, core=100, train_ids=np.array([], np.int64)).tolist() == list(
+        range(20)
+    )
     with pytest.raises(ValueError, match="outside the vocabulary of 20 rows"):
         vocab.kept_ids(20, SPECIALS, core=5, train_ids=np.array([3, 20]))
 
@@ -39,7 +42,9 @@ def tiny_classifier(tiny_model_dir):
 def logits(model, ids: list[int]) -> torch.Tensor:
     x = torch.tensor([ids])
     with torch.no_grad():
-        return model(input_ids=x, attention_mask=torch.ones_like(x), token_type_ids=torch.zeros_like(x)).logits
+        return model(
+            input_ids=x, attention_mask=torch.ones_like(x), token_type_ids=torch.zeros_like(x)
+        ).logits
 
 
 def test_trimmed_student_round_trips_through_safetensors(tiny_model_dir, tmp_path):
@@ -104,8 +109,15 @@ def test_the_report_says_the_vocabulary_was_trimmed_beside_the_size():
     from pipeline.reporting.render_gain import render_gain
 
     def row(model, tput, gz, score):
-        return {"model": model, "backend": "ov-int8", "throughput_seq_per_s": tput, "latency_ms_p50": 1.0,
-                "size_gzip_mb": gz, "score": score, "speedup_x": None}
+        return {
+            "model": model,
+            "backend": "ov-int8",
+            "throughput_seq_per_s": tput,
+            "latency_ms_p50": 1.0,
+            "size_gzip_mb": gz,
+            "score": score,
+            "speedup_x": None,
+        }
 
     rows = [row("teacher", 300.0, 20.3, 0.83), row("student", 900.0, 2.1, 0.82)]
     deploy = {"models": {"student": {"target": "openvino-int8", "bundle_size": {"gzip_bytes": 2_000_000}}}}

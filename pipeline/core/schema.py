@@ -2,6 +2,7 @@
 is a path), and every key's default (DEFAULTS, from defaults.yaml beside this file, where each key is
 commented). Validation and loading live in pipeline.core.params; every check here returns an error
 string or None, so the message can name the key."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,13 @@ from pathlib import Path
 import yaml
 
 from pipeline.core.models import MODEL_STAGES
-from pipeline.core.registry import BACKENDS as BACKEND_REGISTRY, CRITERIA, LR_SCHEDULES, SPEED_BACKENDS, TARGETS
+from pipeline.core.registry import (
+    BACKENDS as BACKEND_REGISTRY,
+    CRITERIA,
+    LR_SCHEDULES,
+    SPEED_BACKENDS,
+    TARGETS,
+)
 from pipeline.core.tasks import normalize_task
 from pipeline.core.presets import RECIPES
 
@@ -20,13 +27,13 @@ from pipeline.core.presets import RECIPES
 class Key:
     type: type | tuple
     choices: tuple | None = None
-    lo: float | None = None          # inclusive
-    hi: float | None = None          # exclusive when hi_open
+    lo: float | None = None  # inclusive
+    hi: float | None = None  # exclusive when hi_open
     hi_open: bool = False
     nullable: bool = False
-    item: type | None = None         # element type for lists
-    check: object = None             # callable(value) -> error string or None
-    path: bool | str = False         # relative to the params file's directory; "local": see params.is_path
+    item: type | None = None  # element type for lists
+    check: object = None  # callable(value) -> error string or None
+    path: bool | str = False  # relative to the params file's directory; "local": see params.is_path
 
 
 PATTERN_RE = re.compile(r"^(\d+x\d+|\d+:\d+|channelx1)$")
@@ -69,7 +76,13 @@ def _backends(v):
         return f"must be a non-empty list of distinct names from: {', '.join(BACKENDS)}"
 
 
-SWEEP_STAGES = ("prune", "export", "compile", "eval", "bench")  # the stages a sweep point runs (pipeline.sweep)
+SWEEP_STAGES = (
+    "prune",
+    "export",
+    "compile",
+    "eval",
+    "bench",
+)  # the stages a sweep point runs (pipeline.sweep)
 # A folder name, part of a DVC stage name, and a key `dvc exp run -S` (Hydra) accepts: no leading digit, no dot.
 POINT_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -93,16 +106,25 @@ def _points(v):
     if not v:
         return "must name at least one point, e.g. unstr-10: {pattern: 1x1, target_sparsity: 0.9}"
     if bad := [k for k in v if not isinstance(k, str) or not POINT_RE.match(k)]:
-        return (f"point names {bad} must start with a lowercase letter, then letters, digits, '_' or '-' "
-                "(they name folders and DVC stages, and `dvc exp run -S` parses them)")
+        return (
+            f"point names {bad} must start with a lowercase letter, then letters, digits, '_' or '-' "
+            "(they name folders and DVC stages, and `dvc exp run -S` parses them)"
+        )
     return next((f"point {k!r}: {e}" for k, x in v.items() if (e := _overridable("prune", x))), None)
 
 
 def _distinct(what: str, ok):
-    return lambda v: None if v and len(set(v)) == len(v) and all(map(ok, v)) else f"must be a non-empty list of distinct {what}"
+    return (
+        lambda v: None
+        if v and len(set(v)) == len(v) and all(map(ok, v))
+        else f"must be a non-empty list of distinct {what}"
+    )
 
 
-STUDENT_DATA = ("max_train_samples", "seed")  # a seeds override's `data`: which train rows the student distils on
+STUDENT_DATA = (
+    "max_train_samples",
+    "seed",
+)  # a seeds override's `data`: which train rows the student distils on
 
 
 def _sparsity_overrides(v):
@@ -117,8 +139,10 @@ def _sparsity_overrides(v):
     for k, x in v.items():
         own = isinstance(x, dict) and "data" in x
         if own and (not isinstance(x["data"], dict) or not x["data"] or set(x["data"]) - set(STUDENT_DATA)):
-            return (f"{k!r}: data must be a non-empty mapping of {', '.join(STUDENT_DATA)} (the rest of the data "
-                    f"section stays the base run's, as the teacher does), e.g. data: {{max_train_samples: null}}; got {x['data']!r}")
+            return (
+                f"{k!r}: data must be a non-empty mapping of {', '.join(STUDENT_DATA)} (the rest of the data "
+                f"section stays the base run's, as the teacher does), e.g. data: {{max_train_samples: null}}; got {x['data']!r}"
+            )
         if e := _overridable("prune", {a: b for a, b in x.items() if a != "data"} if own else x):
             return f"{k!r}: {e}"
 
@@ -128,8 +152,10 @@ LAUNCHERS = ("python", "torchrun", "accelerate launch")
 
 def _launcher(v):
     if not any(v == x or v.startswith(x + " ") for x in LAUNCHERS):
-        return (f"must start with one of: {', '.join(LAUNCHERS)} (e.g. 'torchrun --nproc_per_node 2'); "
-                "dvc.yaml appends `-m pipeline.<stage>`")
+        return (
+            f"must start with one of: {', '.join(LAUNCHERS)} (e.g. 'torchrun --nproc_per_node 2'); "
+            "dvc.yaml appends `-m pipeline.<stage>`"
+        )
 
 
 def _shape(v):
@@ -144,8 +170,8 @@ MODELS = tuple(MODEL_STAGES)  # the deployable models
 
 TRAIN = {
     "epochs": Key(int, lo=1, nullable=True),  # null: the fewest reaching min_steps (pipeline.training.scale)
-    "min_steps": Key(int, lo=1),               # optimizer steps an epochs: null run reaches
-    "max_epochs": Key(int, lo=1),              # the most epochs an epochs: null run takes
+    "min_steps": Key(int, lo=1),  # optimizer steps an epochs: null run reaches
+    "max_epochs": Key(int, lo=1),  # the most epochs an epochs: null run takes
     "batch_size": Key(int, lo=1),
     "eval_batch_size": Key(int, lo=1),
     "learning_rate": Key(float, lo=0, hi=1, hi_open=True),
@@ -158,12 +184,18 @@ TRAIN = {
     "checkpoint_dir": Key(str, path=True),
     "checkpoint_every_steps": Key(int, lo=1),
     "progress": Key(bool),
-    "selection": Key(str, choices=("last", "train_split")),  # the last epoch ships, or the best on a train split
-    "selection_split": Key(float, lo=0.01, hi=0.5),          # share of train held out for selection: train_split (and prune.calibrate)
-    "precision": Key(str, choices=("fp32", "bf16", "fp16")), # mixed precision through Accelerate; fp16 on GPUs only
-    "device": Key(str, choices=("auto", "cpu", "cuda")),      # auto: CUDA when one is visible
-    "allow_fallback": Key(bool),                              # run what the machine has (recorded) instead of failing
-    "launcher": Key(str, check=_launcher),                    # dvc.yaml runs `<launcher> -m pipeline.<stage>`
+    "selection": Key(
+        str, choices=("last", "train_split")
+    ),  # the last epoch ships, or the best on a train split
+    "selection_split": Key(
+        float, lo=0.01, hi=0.5
+    ),  # share of train held out for selection: train_split (and prune.calibrate)
+    "precision": Key(
+        str, choices=("fp32", "bf16", "fp16")
+    ),  # mixed precision through Accelerate; fp16 on GPUs only
+    "device": Key(str, choices=("auto", "cpu", "cuda")),  # auto: CUDA when one is visible
+    "allow_fallback": Key(bool),  # run what the machine has (recorded) instead of failing
+    "launcher": Key(str, check=_launcher),  # dvc.yaml runs `<launcher> -m pipeline.<stage>`
 }
 
 SCHEMA = {
@@ -185,12 +217,17 @@ SCHEMA = {
         "seed": Key(int, lo=0),
         "out_dir": Key(str, path=True),
     },
-    "teacher": {"out_dir": Key(str, path=True), "min_margin": Key(float, lo=0, hi=1), **TRAIN,
-                # null: by the model's width (pipeline.training.scale.teacher_lr)
-                "learning_rate": Key(float, lo=0, hi=1, hi_open=True, nullable=True),
-                # one teacher per rate, the best on the train split ships (pipeline.teacher.search)
-                "search_learning_rates": Key(list, item=float, nullable=True,
-                                             check=_distinct("learning rates in (0, 1)", lambda x: 0 < x < 1))},
+    "teacher": {
+        "out_dir": Key(str, path=True),
+        "min_margin": Key(float, lo=0, hi=1),
+        **TRAIN,
+        # null: by the model's width (pipeline.training.scale.teacher_lr)
+        "learning_rate": Key(float, lo=0, hi=1, hi_open=True, nullable=True),
+        # one teacher per rate, the best on the train split ships (pipeline.teacher.search)
+        "search_learning_rates": Key(
+            list, item=float, nullable=True, check=_distinct("learning rates in (0, 1)", lambda x: 0 < x < 1)
+        ),
+    },
     "prune": {
         "out_dir": Key(str, path=True),
         "init": Key(str, choices=("pretrained", "teacher")),
@@ -217,10 +254,14 @@ SCHEMA = {
         "reuse_teacher_head": Key(bool),
         "allow_weak_teacher": Key(bool),
         "teacher_cache_mb": Key(int, lo=0),
-        "augment_copies": Key(int, lo=0),            # perturbed copies of train to distil on (0 = none)
-        "augment_prob": Key(float, lo=0, hi=1),      # share of ordinary tokens each copy masks or replaces
-        "average_tail": Key(bool, nullable=True),    # null: on for sparsity, off for slimmed structures; ship the mean of the tail's weights (pipeline.training.posthoc)
-        "calibrate": Key(str, choices=("none", "train_split")),  # shift the positive logit, fitted on held-out train rows
+        "augment_copies": Key(int, lo=0),  # perturbed copies of train to distil on (0 = none)
+        "augment_prob": Key(float, lo=0, hi=1),  # share of ordinary tokens each copy masks or replaces
+        "average_tail": Key(
+            bool, nullable=True
+        ),  # null: on for sparsity, off for slimmed structures; ship the mean of the tail's weights (pipeline.training.posthoc)
+        "calibrate": Key(
+            str, choices=("none", "train_split")
+        ),  # shift the positive logit, fitted on held-out train rows
         # task: keep the embedding rows of train's tokens and the first vocab_core ids (pipeline.core.vocab)
         "vocab": Key(str, choices=("full", "task")),
         "vocab_core": Key(int, lo=0),
@@ -307,7 +348,9 @@ SCHEMA = {
     "seeds": {
         "out_dir": Key(str, path=True),
         "seeds": Key(list, item=int, check=_distinct("seeds >= 0", lambda i: i >= 0)),
-        "target_sparsities": Key(list, item=float, check=_distinct("target sparsities in [0, 1)", lambda s: 0 <= s < 1)),
+        "target_sparsities": Key(
+            list, item=float, check=_distinct("target sparsities in [0, 1)", lambda s: 0 <= s < 1)
+        ),
         "overrides": Key(dict, check=_sparsity_overrides),
         "reuse": Key(str, choices=("verified", "params")),
         # true: after every run has trained, each run's student and the teacher go through export, compile

@@ -3,6 +3,7 @@
 Pure: no torch, no transformers. A GLUE task is data: where its TSVs live, which columns hold
 text, pair and label, its label set and the metrics GLUE reports for it.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,25 +12,105 @@ import numpy as np
 
 # Columns are header names, or integer indices for CoLA, whose TSVs have no header.
 GLUE = {
-    "cola": dict(dir="CoLA", dev="dev.tsv", header=False, text=3, pair=None, label=1,
-                 labels=["0", "1"], metrics=["mcc", "accuracy"], hub="cola"),
-    "sst2": dict(dir="SST-2", dev="dev.tsv", header=True, text="sentence", pair=None, label="label",
-                 labels=["0", "1"], metrics=["accuracy"], hub="sst2"),
-    "mrpc": dict(dir="MRPC", dev="dev.tsv", header=True, text="#1 String", pair="#2 String", label="Quality",
-                 labels=["0", "1"], metrics=["accuracy", "f1"], hub="mrpc"),
-    "stsb": dict(dir="STS-B", dev="dev.tsv", header=True, text="sentence1", pair="sentence2", label="score",
-                 labels=None, metrics=["pearson", "spearman"], hub="stsb"),
-    "qqp": dict(dir="QQP", dev="dev.tsv", header=True, text="question1", pair="question2", label="is_duplicate",
-                labels=["0", "1"], metrics=["accuracy", "f1"], hub="qqp"),
-    "mnli": dict(dir="MNLI", dev="dev_matched.tsv", header=True, text="sentence1", pair="sentence2",
-                 label="gold_label", labels=["contradiction", "entailment", "neutral"], metrics=["accuracy"],
-                 hub="mnli"),
-    "qnli": dict(dir="QNLI", dev="dev.tsv", header=True, text="question", pair="sentence", label="label",
-                 labels=["entailment", "not_entailment"], metrics=["accuracy"], hub="qnli"),
-    "rte": dict(dir="RTE", dev="dev.tsv", header=True, text="sentence1", pair="sentence2", label="label",
-                labels=["entailment", "not_entailment"], metrics=["accuracy"], hub="rte"),
-    "wnli": dict(dir="WNLI", dev="dev.tsv", header=True, text="sentence1", pair="sentence2", label="label",
-                 labels=["0", "1"], metrics=["accuracy"], hub="wnli"),
+    "cola": dict(
+        dir="CoLA",
+        dev="dev.tsv",
+        header=False,
+        text=3,
+        pair=None,
+        label=1,
+        labels=["0", "1"],
+        metrics=["mcc", "accuracy"],
+        hub="cola",
+    ),
+    "sst2": dict(
+        dir="SST-2",
+        dev="dev.tsv",
+        header=True,
+        text="sentence",
+        pair=None,
+        label="label",
+        labels=["0", "1"],
+        metrics=["accuracy"],
+        hub="sst2",
+    ),
+    "mrpc": dict(
+        dir="MRPC",
+        dev="dev.tsv",
+        header=True,
+        text="#1 String",
+        pair="#2 String",
+        label="Quality",
+        labels=["0", "1"],
+        metrics=["accuracy", "f1"],
+        hub="mrpc",
+    ),
+    "stsb": dict(
+        dir="STS-B",
+        dev="dev.tsv",
+        header=True,
+        text="sentence1",
+        pair="sentence2",
+        label="score",
+        labels=None,
+        metrics=["pearson", "spearman"],
+        hub="stsb",
+    ),
+    "qqp": dict(
+        dir="QQP",
+        dev="dev.tsv",
+        header=True,
+        text="question1",
+        pair="question2",
+        label="is_duplicate",
+        labels=["0", "1"],
+        metrics=["accuracy", "f1"],
+        hub="qqp",
+    ),
+    "mnli": dict(
+        dir="MNLI",
+        dev="dev_matched.tsv",
+        header=True,
+        text="sentence1",
+        pair="sentence2",
+        label="gold_label",
+        labels=["contradiction", "entailment", "neutral"],
+        metrics=["accuracy"],
+        hub="mnli",
+    ),
+    "qnli": dict(
+        dir="QNLI",
+        dev="dev.tsv",
+        header=True,
+        text="question",
+        pair="sentence",
+        label="label",
+        labels=["entailment", "not_entailment"],
+        metrics=["accuracy"],
+        hub="qnli",
+    ),
+    "rte": dict(
+        dir="RTE",
+        dev="dev.tsv",
+        header=True,
+        text="sentence1",
+        pair="sentence2",
+        label="label",
+        labels=["entailment", "not_entailment"],
+        metrics=["accuracy"],
+        hub="rte",
+    ),
+    "wnli": dict(
+        dir="WNLI",
+        dev="dev.tsv",
+        header=True,
+        text="sentence1",
+        pair="sentence2",
+        label="label",
+        labels=["0", "1"],
+        metrics=["accuracy"],
+        hub="wnli",
+    ),
 }
 # The hub's MNLI has no plain "validation" split.
 HUB_DEV_SPLIT = {"mnli": "validation_matched"}
@@ -47,6 +128,7 @@ def normalize_task(name: str) -> str:
 
 
 # ---- metrics: one implementation, checked against scikit-learn/scipy in tests ----
+
 
 def accuracy(pred, gold) -> float:
     return float(np.mean(np.asarray(pred) == np.asarray(gold)))
@@ -88,7 +170,7 @@ def _ranks(x) -> np.ndarray:
         j = i
         while j + 1 < len(x) and xs[j + 1] == xs[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return ranks
 
@@ -135,5 +217,10 @@ def teacher_quality(scores: dict, baseline: dict, min_margin: float) -> dict:
     """Whether the teacher is worth distilling from: its dev score against always answering the
     majority class (or the mean), by at least teacher.min_margin."""
     margin = round(scores["score"] - baseline["score"], 6)
-    return {"score": scores["score"], "baseline_score": baseline["score"], "margin_over_baseline": margin,
-            "min_margin": min_margin, "beats_baseline": margin >= min_margin}
+    return {
+        "score": scores["score"],
+        "baseline_score": baseline["score"],
+        "margin_over_baseline": margin,
+        "min_margin": min_margin,
+        "beats_baseline": margin >= min_margin,
+    }

@@ -1,5 +1,6 @@
 """The tokenized splits the data stage writes, as every later stage reads them: ragged token ids
 in safetensors (flat arrays plus offsets), padded per batch on the way out."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,12 @@ class Tokens:
         from safetensors.numpy import load_file
 
         a = load_file(str(path))
-        self.ids, self.types, self.offsets, self.labels = a["input_ids"], a["token_type_ids"], a["offsets"], a["labels"]
+        self.ids, self.types, self.offsets, self.labels = (
+            a["input_ids"],
+            a["token_type_ids"],
+            a["offsets"],
+            a["labels"],
+        )
         self.lengths = np.diff(self.offsets)
         self.pad_id = pad_id
 
@@ -45,8 +51,12 @@ class Tokens:
         for row, i in enumerate(idx):
             a, b = self.offsets[i], self.offsets[i + 1]
             ids[row, : b - a], types[row, : b - a], mask[row, : b - a] = self.ids[a:b], self.types[a:b], 1
-        return {"input_ids": torch.from_numpy(ids), "token_type_ids": torch.from_numpy(types),
-                "attention_mask": torch.from_numpy(mask), "labels": torch.from_numpy(self.labels[idx])}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "token_type_ids": torch.from_numpy(types),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(self.labels[idx]),
+        }
 
 
 def split_off(ds: Tokens, fraction: float, seed: int) -> tuple[Tokens, Tokens]:
@@ -64,7 +74,11 @@ def load_inputs(data_dir: Path):
     """meta.json, train and eval splits of a data stage output directory."""
     meta = read_json(Path(data_dir) / "meta.json")
     pad = meta["pad_token_id"]
-    return meta, Tokens(Path(data_dir) / "train.safetensors", pad), Tokens(Path(data_dir) / "eval.safetensors", pad)
+    return (
+        meta,
+        Tokens(Path(data_dir) / "train.safetensors", pad),
+        Tokens(Path(data_dir) / "eval.safetensors", pad),
+    )
 
 
 def feeds(ds: Tokens, batch_size: int, limit: int | None = None) -> list[dict]:

@@ -13,6 +13,7 @@ WordPiece vocabularies (all-MiniLM-L6-v2 uses bert-base-uncased's) the first ids
 descending frequency ("the" is 1996), so a core of the first ids keeps the common words a new text may
 bring. Dev is never read to choose: it only measures the out-of-vocabulary rate.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,11 +48,13 @@ def kept_ids(vocab_size: int, special_ids, core: int, train_ids: np.ndarray) -> 
     """Sorted ids to keep: the special tokens, ids below `core` and every id the train split uses."""
     train_ids = np.asarray(train_ids, np.int64)
     if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= vocab_size):
-        raise ValueError(f"the train split holds token ids outside the vocabulary of {vocab_size} rows "
-                         f"(min {train_ids.min()}, max {train_ids.max()}): rerun the data stage")
+        raise ValueError(
+            f"the train split holds token ids outside the vocabulary of {vocab_size} rows "
+            f"(min {train_ids.min()}, max {train_ids.max()}): rerun the data stage"
+        )
     kept = np.zeros(vocab_size, bool)
     kept[np.asarray(list(special_ids), np.int64)] = True
-    kept[:min(core, vocab_size)] = True
+    kept[: min(core, vocab_size)] = True
     kept[train_ids] = True
     return np.flatnonzero(kept)
 

@@ -3,6 +3,7 @@
 The gate compares logits on real dev batches (several batch sizes, dynamic padding, so several
 lengths) and the zero count of every weight: an export that drifts or densifies is rejected.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,11 @@ import torch
 
 # The contract every exported model meets: input names, dynamic axes, output.
 CONTRACT = {
-    "inputs": {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-               "token_type_ids": {0: "batch", 1: "sequence"}},
+    "inputs": {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "sequence"},
+        "token_type_ids": {0: "batch", 1: "sequence"},
+    },
     "outputs": {"logits": {0: "batch"}},
 }
 ONNX_FILE = "model.onnx"
@@ -28,11 +32,21 @@ class ParityError(RuntimeError):
 def export_torch(model, out_dir: Path, opset: int) -> Path:
     """torch.onnx.export (TorchScript path): a single self-contained file, fixed input order."""
     names = list(CONTRACT["inputs"])
-    dummy = tuple(torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.long)
-                  for n in names)
+    dummy = tuple(
+        torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else torch.zeros(2, 8, dtype=torch.long)
+        for n in names
+    )
     path = out_dir / ONNX_FILE
-    torch.onnx.export(model.eval(), dummy, str(path), input_names=names, output_names=list(CONTRACT["outputs"]),
-                      dynamic_axes={**CONTRACT["inputs"], **CONTRACT["outputs"]}, opset_version=opset, dynamo=False)
+    torch.onnx.export(
+        model.eval(),
+        dummy,
+        str(path),
+        input_names=names,
+        output_names=list(CONTRACT["outputs"]),
+        dynamic_axes={**CONTRACT["inputs"], **CONTRACT["outputs"]},
+        opset_version=opset,
+        dynamo=False,
+    )
     return path
 
 
@@ -40,8 +54,9 @@ def export_optimum(model, out_dir: Path, opset: int) -> Path:
     """optimum-onnx's exporter, from the loaded model (slimmed students cannot be reloaded by path)."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    onnx_export_from_model(model.eval(), out_dir, opset=opset, task="text-classification", do_validation=False,
-                           monolith=True)
+    onnx_export_from_model(
+        model.eval(), out_dir, opset=opset, task="text-classification", do_validation=False, monolith=True
+    )
     return out_dir / ONNX_FILE
 
 
@@ -83,8 +98,11 @@ def parity(model, path: Path, ds, batch_sizes, examples: int, threads: int = 1) 
 
 def weight_zero_counts(model) -> Counter:
     """(sorted shape, zeros) for every float weight with 2+ dims; sorted because exporters transpose."""
-    return Counter((tuple(sorted(p.shape)), int((p == 0).sum())) for p in model.state_dict().values()
-                   if p.is_floating_point() and p.ndim >= 2)
+    return Counter(
+        (tuple(sorted(p.shape)), int((p == 0).sum()))
+        for p in model.state_dict().values()
+        if p.is_floating_point() and p.ndim >= 2
+    )
 
 
 def onnx_zero_counts(path: Path) -> Counter:
@@ -104,19 +122,30 @@ def check_zeros(model, path: Path) -> dict:
     """Every PyTorch weight must appear in the ONNX graph with the same zero count."""
     want, got = weight_zero_counts(model), onnx_zero_counts(path)
     missing = want - got
-    return {"weights": sum(want.values()), "zeros_torch": sum(z * n for (_, z), n in want.items()),
-            "zeros_onnx": sum(z * n for (_, z), n in got.items()), "mismatched": len(missing),
-            "ok": not missing}
+    return {
+        "weights": sum(want.values()),
+        "zeros_torch": sum(z * n for (_, z), n in want.items()),
+        "zeros_onnx": sum(z * n for (_, z), n in got.items()),
+        "mismatched": len(missing),
+        "ok": not missing,
+    }
 
 
 def gate(model, path: Path, ds, batch_sizes, examples: int, atol: float, threads: int = 1) -> dict:
     """Parity figures for metrics; raises ParityError when logits drift or zeros change."""
     diffs = parity(model, path, ds, batch_sizes, examples, threads)
     zeros = check_zeros(model, path)
-    result = {"max_abs_diff": max(diffs.values()), "max_abs_diff_by_batch": diffs, "atol": atol, "zeros": zeros}
+    result = {
+        "max_abs_diff": max(diffs.values()),
+        "max_abs_diff_by_batch": diffs,
+        "atol": atol,
+        "zeros": zeros,
+    }
     if result["max_abs_diff"] > atol:
         raise ParityError(f"{path}: max |logits diff| {result['max_abs_diff']:.3g} > export.atol {atol}")
     if not zeros["ok"]:
-        raise ParityError(f"{path}: {zeros['mismatched']} weights lost or changed zeros "
-                          f"(torch {zeros['zeros_torch']}, onnx {zeros['zeros_onnx']})")
+        raise ParityError(
+            f"{path}: {zeros['mismatched']} weights lost or changed zeros "
+            f"(torch {zeros['zeros_torch']}, onnx {zeros['zeros_onnx']})"
+        )
     return result

@@ -6,13 +6,14 @@ takes the first offset, nearest first, whose text box overlaps no label placed b
 label moved off its point gets a thin leader line back to it. The search runs in display space, so
 call it once the axes' limits and position are final (after tight_layout).
 """
+
 from __future__ import annotations
 
 import itertools
 
 FIRST = (5, 4)  # points right of and above the marker: where a lone label goes
-STEP = 11       # points between stacked labels: one line of 8 pt text and a gap
-PAD = 1         # display pixels kept clear around each label
+STEP = 11  # points between stacked labels: one line of 8 pt text and a gap
+PAD = 1  # display pixels kept clear around each label
 
 
 def offsets():
@@ -25,7 +26,11 @@ def offsets():
 
 
 def _annotate(ax, text: str, xy, offset, fontsize: int, leader: bool):
-    line = {"arrowprops": {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": 3}} if leader else {}
+    line = (
+        {"arrowprops": {"arrowstyle": "-", "lw": 0.5, "color": "0.45", "shrinkA": 0, "shrinkB": 3}}
+        if leader
+        else {}
+    )
     return ax.annotate(text, xy, textcoords="offset points", xytext=offset, fontsize=fontsize, **line)
 
 

@@ -6,6 +6,7 @@ onnxruntime with allow_fallback runs on the CPU when CUDA does not load. Eval an
 what ran (pipeline.runtime.backends Runner.info); compile.json records what onnxruntime was asked for. Pure
 functions of those parsed files; a value a row does not record is None, never guessed.
 """
+
 from __future__ import annotations
 
 ELEMENT = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}  # OpenVINO element types -> the backends' spelling
@@ -46,7 +47,9 @@ def provider_mark(row: dict, sessions: dict) -> str | None:
     lost = [p for p in asked if p not in (row.get("provider") or "").split(",")]
     if not lost:
         return None
-    return f"{','.join(asked)} asked, {row.get('provider')} ran: {', '.join(lost)} did not load (allow_fallback)"
+    return (
+        f"{','.join(asked)} asked, {row.get('provider')} ran: {', '.join(lost)} did not load (allow_fallback)"
+    )
 
 
 def what_ran(eval_row: dict, bench_rows: list[dict], compile_model: dict, isa: list[str]) -> dict:
@@ -60,10 +63,15 @@ def what_ran(eval_row: dict, bench_rows: list[dict], compile_model: dict, isa: l
         other = (precision(r, hint)[0], r.get("provider"))
         if other != (ran, eval_row.get("provider")):
             odd.setdefault(other, []).append(f"b{r['batch']}×s{r['seq_len']}")
-    marks += [f"bench ran {p} on {prov} at {', '.join(dict.fromkeys(cells))}, eval {ran} on {eval_row.get('provider')}"
-              for (p, prov), cells in odd.items()]
-    return {"precision_ran": ran, "provider_ran": eval_row.get("provider"),
-            "asked_vs_ran": list(dict.fromkeys(m for m in marks if m))}
+    marks += [
+        f"bench ran {p} on {prov} at {', '.join(dict.fromkeys(cells))}, eval {ran} on {eval_row.get('provider')}"
+        for (p, prov), cells in odd.items()
+    ]
+    return {
+        "precision_ran": ran,
+        "provider_ran": eval_row.get("provider"),
+        "asked_vs_ran": list(dict.fromkeys(m for m in marks if m)),
+    }
 
 
 def hardware(bench: dict) -> dict:

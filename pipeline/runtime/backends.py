@@ -4,6 +4,7 @@ A Runner maps a numpy feed (input_ids, attention_mask, token_type_ids) to logits
 actually ran: provider, precision, threads and, for OpenVINO INT8, how many FC layers use the
 sparse kernel. Eval and bench share these loaders, so accuracy and speed describe the same thing.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,15 +61,26 @@ def _ort(precision: str):
 
         ort_cfg = read_json(paths.compiled_dir / "ort_config.json")
         path = paths.onnx if precision == "fp32" else paths.compiled_dir / "int8.onnx"
-        sess, info = make_session(path, ort_cfg["providers"], allow_fallback=ort_cfg["allow_fallback"],
-                                  threads=threads, trt=ort_cfg["trt"])
+        sess, info = make_session(
+            path,
+            ort_cfg["providers"],
+            allow_fallback=ort_cfg["allow_fallback"],
+            threads=threads,
+            trt=ort_cfg["trt"],
+        )
         names = {i.name for i in sess.get_inputs()}
 
         def run(feed):
             return sess.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
 
-        return Runner(run, {"provider": ",".join(info["used"]), "precision": precision,
-                            "inference_precision": "f32" if precision == "fp32" else "int8-dynamic"})
+        return Runner(
+            run,
+            {
+                "provider": ",".join(info["used"]),
+                "precision": precision,
+                "inference_precision": "f32" if precision == "fp32" else "int8-dynamic",
+            },
+        )
 
     return load
 
@@ -88,12 +100,18 @@ def ov_config(compile_config: dict, xml: str, hint: str | None, sparse: bool) ->
 
 def _ov(xml: str, hint: str | None, sparse: bool):
     """hint None: the compile stage's configuration (INT8 IR); sparse False drops the sparse rate."""
+
     def load(paths: ModelPaths, threads: int, streams: int) -> Runner:
         from pipeline.runtime import openvino as dov
 
         config = ov_config(read_json(paths.compiled_dir / "compile_config.json"), xml, hint, sparse)
-        config.update({"INFERENCE_NUM_THREADS": str(threads), "NUM_STREAMS": str(streams),
-                       "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"})
+        config.update(
+            {
+                "INFERENCE_NUM_THREADS": str(threads),
+                "NUM_STREAMS": str(streams),
+                "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+            }
+        )
         compiled = dov.compile_model(paths.compiled_dir / xml, config)
         request = compiled.create_infer_request()
         names = {i.get_any_name() for i in compiled.inputs}
@@ -103,8 +121,12 @@ def _ov(xml: str, hint: str | None, sparse: bool):
             return request.infer({k: v for k, v in feed.items() if k in names}, share_inputs=True)[0].copy()
 
         precision = "int8" if xml == "int8.xml" else {"f32": "fp32"}.get(hint, hint)
-        info = {"provider": "openvino-CPU", "precision": precision,
-                "inference_precision": dov.actual_precision(compiled), "sparse_rate": config.get(dov.SPARSE_RATE_KEY)}
+        info = {
+            "provider": "openvino-CPU",
+            "precision": precision,
+            "inference_precision": dov.actual_precision(compiled),
+            "sparse_rate": config.get(dov.SPARSE_RATE_KEY),
+        }
         return Runner(run, info, compiled)
 
     return load
@@ -136,6 +158,8 @@ def model_paths(model: str, params_path: str) -> ModelPaths:
     from pipeline.core.models import MODEL_STAGES
     from pipeline.core.params import upstream_dir
 
-    return ModelPaths(upstream_dir(MODEL_STAGES[model], params_path),
-                      upstream_dir("export", params_path) / model / "model.onnx",
-                      upstream_dir("compile", params_path) / model)
+    return ModelPaths(
+        upstream_dir(MODEL_STAGES[model], params_path),
+        upstream_dir("export", params_path) / model / "model.onnx",
+        upstream_dir("compile", params_path) / model,
+    )

@@ -5,6 +5,7 @@ Facts this relies on (measured on the stack pinned in requirements/lock.txt): ov
 not to; an FP32 IR runs in bf16 on AMX CPUs unless INFERENCE_PRECISION_HINT says f32; the sparse
 kernel needs INT8 FC layers, AMX, both weight dims multiples of 64 and a zero fraction >= the rate.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -32,8 +33,9 @@ def quantize_int8(model, batches: list[dict], subset_size: int):
     """NNCF post-training INT8 (symmetric per-channel weights keep 0 as 0), calibrated on train rows."""
     import nncf
 
-    return nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=subset_size)
+    return nncf.quantize(
+        model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=subset_size
+    )
 
 
 def compile_config(sparsity: float, precision: str, margin: float, min_rate: float) -> dict:
@@ -77,12 +79,26 @@ def fc_report(compiled, model, config: dict, has_amx: bool) -> dict:
         names = info["originalLayersNames"].astype(str).split(",")
         # Runtime names carry suffixes such as "/DequantizationMultiply": also try the parent name.
         w = next((weights[c] for n in names for c in (n, n.rsplit("/", 1)[0]) if c in weights), None)
-        why = _why_dense(prim, info["runtimePrecision"].astype(str), w, rate, has_amx, SPARSE_RATE_KEY in config)
+        why = _why_dense(
+            prim, info["runtimePrecision"].astype(str), w, rate, has_amx, SPARSE_RATE_KEY in config
+        )
         reasons[why] += 1
-        layers.append({"name": names[0], "primitive": prim, "weight_shape": w and w["shape"],
-                       "weight_zeros": w and round(w["zeros"], 6), "status": why})
-    return {"fc_layers": len(layers), "sparse_fc_layers": reasons["sparse kernel"], "reasons": dict(reasons),
-            "primitives": dict(Counter(l["primitive"] for l in layers)), "layers": layers}
+        layers.append(
+            {
+                "name": names[0],
+                "primitive": prim,
+                "weight_shape": w and w["shape"],
+                "weight_zeros": w and round(w["zeros"], 6),
+                "status": why,
+            }
+        )
+    return {
+        "fc_layers": len(layers),
+        "sparse_fc_layers": reasons["sparse kernel"],
+        "reasons": dict(reasons),
+        "primitives": dict(Counter(l["primitive"] for l in layers)),
+        "layers": layers,
+    }
 
 
 def _why_dense(prim: str, precision: str, w, rate: float, has_amx: bool, enabled: bool) -> str:
@@ -121,6 +137,9 @@ def actual_precision(compiled) -> str:
 
 def sparse_fc_count(compiled) -> int:
     """FC layers whose primitive is a sparse-weight kernel (e.g. brgemm_avx512_amx_sparse_I8)."""
-    return sum(1 for n in compiled.get_runtime_model().get_ordered_ops()
-               if n.get_rt_info()["layerType"].astype(str) == "FullyConnected"
-               and "sparse" in n.get_rt_info()["primitiveType"].astype(str))
+    return sum(
+        1
+        for n in compiled.get_runtime_model().get_ordered_ops()
+        if n.get_rt_info()["layerType"].astype(str) == "FullyConnected"
+        and "sparse" in n.get_rt_info()["primitiveType"].astype(str)
+    )

@@ -4,11 +4,16 @@ onnxruntime falls back to the CPU silently when a provider cannot load; here the
 asks for must be the ones the session uses, unless they set allow_fallback. `onnxruntime` and
 `onnxruntime-gpu` share one import package: install only one (see requirements/gpu.txt).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 class ProviderError(RuntimeError):
@@ -33,14 +38,17 @@ def check_available(names: list[str], *, allow_fallback: bool, key: str | None =
     missing = [PROVIDERS[n] for n in names if PROVIDERS[n] not in available]
     if missing and not allow_fallback:
         where = f"{key}: " if key else ""
-        raise ProviderError(f"{where}onnxruntime provider(s) {missing} not available here (available: {available}); "
-                            f"install onnxruntime-gpu (requirements/gpu.txt) on a GPU machine, or set "
-                            f"allow_fallback: true to run on what is available")
+        raise ProviderError(
+            f"{where}onnxruntime provider(s) {missing} not available here (available: {available}); "
+            f"install onnxruntime-gpu (requirements/gpu.txt) on a GPU machine, or set "
+            f"allow_fallback: true to run on what is available"
+        )
     return available
 
 
-def make_session(path: Path, names: list[str], *, allow_fallback: bool = False, threads: int = 1,
-                 trt: dict | None = None):
+def make_session(
+    path: Path, names: list[str], *, allow_fallback: bool = False, threads: int = 1, trt: dict | None = None
+):
     """A session on exactly the providers asked for; returns (session, info about what ran)."""
     import onnxruntime as ort
 
@@ -54,15 +62,24 @@ def make_session(path: Path, names: list[str], *, allow_fallback: bool = False, 
     if accelerated and not allow_fallback:
         # Without this, nodes a GPU provider cannot take run on the CPU provider without a word.
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    entries = [e for e, w in zip(provider_list(names, trt), wanted) if w in available] or ["CPUExecutionProvider"]
+    entries = [e for e, w in zip(provider_list(names, trt), wanted) if w in available] or [
+        "CPUExecutionProvider"
+    ]
     sess = ort.InferenceSession(str(path), opts, providers=entries)
     used = sess.get_providers()
     lost = [w for w in wanted if w not in used]
     if lost and not allow_fallback:
-        raise ProviderError(f"asked for {wanted} but the session runs on {used} ({lost} did not load); "
-                            f"set allow_fallback: true to accept that")
-    return sess, {"requested": wanted, "used": used, "fallback": bool(lost), "threads": threads,
-                  "spinning": False}
+        raise ProviderError(
+            f"asked for {wanted} but the session runs on {used} ({lost} did not load); "
+            f"set allow_fallback: true to accept that"
+        )
+    return sess, {
+        "requested": wanted,
+        "used": used,
+        "fallback": bool(lost),
+        "threads": threads,
+        "spinning": False,
+    }
 
 
 def quantize_dynamic_int8(src: Path, dst: Path) -> Path:

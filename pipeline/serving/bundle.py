@@ -4,6 +4,7 @@ runtime configuration, the runner itself, the wheels it needs (exact versions) a
 A bundle folder is self-contained: copy it, `pip install -r requirements.txt`, `python runner.py
 --text ...`. The manifest lets the runner refuse a file that changed after the bundle was written.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,12 +16,16 @@ from pipeline.serving import runner
 
 PROBLEM_TYPES = ("classification", "regression")
 # engine -> the wheels runner.py imports for it (numpy always)
-ENGINE_WHEELS = {"openvino-text": ("numpy", "openvino", "openvino-tokenizers"),
-                 "openvino": ("numpy", "openvino", "tokenizers"),
-                 "onnxruntime": ("numpy", "onnxruntime", "tokenizers")}
+ENGINE_WHEELS = {
+    "openvino-text": ("numpy", "openvino", "openvino-tokenizers"),
+    "openvino": ("numpy", "openvino", "tokenizers"),
+    "onnxruntime": ("numpy", "onnxruntime", "tokenizers"),
+}
 
 
-WHEEL_NAMES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu")}  # one import package, two wheels (setup.sh --gpu)
+WHEEL_NAMES = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu")
+}  # one import package, two wheels (setup.sh --gpu)
 
 
 def _pin(wheel: str) -> str:
@@ -29,7 +34,9 @@ def _pin(wheel: str) -> str:
             return f"{name}=={version(name)}"
         except PackageNotFoundError:
             continue
-    raise PackageNotFoundError(f"none of {WHEEL_NAMES.get(wheel, (wheel,))} is installed; the bundle cannot pin it")
+    raise PackageNotFoundError(
+        f"none of {WHEEL_NAMES.get(wheel, (wheel,))} is installed; the bundle cannot pin it"
+    )
 
 
 def requirements(engine: str) -> list[str]:
@@ -37,8 +44,16 @@ def requirements(engine: str) -> list[str]:
     return [_pin(w) for w in ENGINE_WHEELS[engine]]
 
 
-def _check_inputs(engine: str, model_files: dict, tokenizer_dir, labels, problem_type: str, max_length: int,
-                  runtime_config: dict, info: dict) -> None:
+def _check_inputs(
+    engine: str,
+    model_files: dict,
+    tokenizer_dir,
+    labels,
+    problem_type: str,
+    max_length: int,
+    runtime_config: dict,
+    info: dict,
+) -> None:
     """Fail before anything is created: a half-checked bundle must never reach the output path."""
     if engine not in runner.ENGINE_FILES:
         raise ValueError(f"engine {engine!r}; allowed: {', '.join(runner.ENGINE_FILES)}")
@@ -50,8 +65,10 @@ def _check_inputs(engine: str, model_files: dict, tokenizer_dir, labels, problem
             raise FileNotFoundError(f"model file missing: {path}")
     if runner.TOKENIZER_FILE in runner.ENGINE_FILES[engine]:
         if tokenizer_dir is None or not (Path(tokenizer_dir) / runner.TOKENIZER_FILE).is_file():
-            raise FileNotFoundError(f"no {runner.TOKENIZER_FILE} in tokenizer dir {tokenizer_dir} "
-                                    "(save a fast tokenizer there with save_pretrained)")
+            raise FileNotFoundError(
+                f"no {runner.TOKENIZER_FILE} in tokenizer dir {tokenizer_dir} "
+                "(save a fast tokenizer there with save_pretrained)"
+            )
     if problem_type not in PROBLEM_TYPES:
         raise ValueError(f"problem_type {problem_type!r}; allowed: {', '.join(PROBLEM_TYPES)}")
     if problem_type == "regression" and labels:
@@ -70,9 +87,18 @@ def _check_inputs(engine: str, model_files: dict, tokenizer_dir, labels, problem
         raise ValueError(f"info may not set reserved manifest keys: {sorted(clash)}")
 
 
-def write_bundle(out_dir, engine: str, model_files: dict[str, Path], tokenizer_dir: Path | None, *,
-                 labels: list[str] | None, problem_type: str, max_length: int, runtime_config: dict,
-                 info: dict) -> dict:
+def write_bundle(
+    out_dir,
+    engine: str,
+    model_files: dict[str, Path],
+    tokenizer_dir: Path | None,
+    *,
+    labels: list[str] | None,
+    problem_type: str,
+    max_length: int,
+    runtime_config: dict,
+    info: dict,
+) -> dict:
     """Write the bundle to `out_dir` atomically and return its manifest."""
     _check_inputs(engine, model_files, tokenizer_dir, labels, problem_type, max_length, runtime_config, info)
     pins = requirements(engine)
@@ -83,8 +109,14 @@ def write_bundle(out_dir, engine: str, model_files: dict[str, Path], tokenizer_d
             shutil.copyfile(Path(tokenizer_dir) / runner.TOKENIZER_FILE, tmp / runner.TOKENIZER_FILE)
         shutil.copyfile(runner.__file__, tmp / runner.RUNNER_FILE)
         (tmp / runner.REQUIREMENTS_FILE).write_text("\n".join(pins) + "\n")
-        write_json(tmp / runner.LABELS_FILE, {"labels": list(labels) if labels else None,
-                                              "problem_type": problem_type, "max_length": max_length})
+        write_json(
+            tmp / runner.LABELS_FILE,
+            {
+                "labels": list(labels) if labels else None,
+                "problem_type": problem_type,
+                "max_length": max_length,
+            },
+        )
         write_json(tmp / runner.CONFIG_FILE, dict(runtime_config))
         # Hash the copies, not the sources: the manifest vouches for what is in the bundle.
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}

@@ -6,6 +6,7 @@ model_config_list, <name>/<integer version>/model.{xml,bin}, OpenVINO properties
 the docker image mounts the repository at /models. Triton: <name>/config.pbtxt and <name>/1/model.*,
 parsed here against the real schema (tritonclient's model_config_pb2).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ def write_ovms(root: Path, name: str, xml: Path, plugin_config: dict[str, str]) 
     version.mkdir(parents=True)
     shutil.copyfile(xml, version / "model.xml")
     shutil.copyfile(xml.with_suffix(".bin"), version / "model.bin")
-    entry = {"name": name, "base_path": f"{OVMS_MOUNT}/{name}", "target_device": "CPU",
-             "plugin_config": dict(plugin_config)}
+    entry = {
+        "name": name,
+        "base_path": f"{OVMS_MOUNT}/{name}",
+        "target_device": "CPU",
+        "plugin_config": dict(plugin_config),
+    }
     cfg_path = root / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {"model_config_list": []}
     cfg["model_config_list"].append({"config": entry})
@@ -46,9 +51,11 @@ def validate_ovms(root: Path) -> list[dict]:
     for item in cfg.get("model_config_list", []):
         c = item["config"]
         if not c["base_path"].startswith(OVMS_MOUNT + "/"):
-            raise RepositoryError(f"{root}/config.json: {c['name']} base_path {c['base_path']!r} is not under "
-                                  f"{OVMS_MOUNT}, where the container mounts this repository")
-        base = root / c["base_path"][len(OVMS_MOUNT) + 1:]
+            raise RepositoryError(
+                f"{root}/config.json: {c['name']} base_path {c['base_path']!r} is not under "
+                f"{OVMS_MOUNT}, where the container mounts this repository"
+            )
+        base = root / c["base_path"][len(OVMS_MOUNT) + 1 :]
         versions = sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
         if not versions:
             raise RepositoryError(f"{base}: no integer version folder")
@@ -56,14 +63,22 @@ def validate_ovms(root: Path) -> list[dict]:
         try:
             compiled = ov.Core().compile_model(str(xml), c.get("target_device", "CPU"), c["plugin_config"])
         except RuntimeError as e:
-            raise RepositoryError(f"{xml}: does not compile with plugin_config {c['plugin_config']}: {_cause(e)}") from e
+            raise RepositoryError(
+                f"{xml}: does not compile with plugin_config {c['plugin_config']}: {_cause(e)}"
+            ) from e
         got = {k: _property_text(compiled.get_property(k)) for k in c["plugin_config"]}
         wrong = {k: (v, got[k]) for k, v in c["plugin_config"].items() if not _same_property(v, got[k])}
         if wrong:
             raise RepositoryError(f"{xml}: plugin_config not applied (asked, read back): {wrong}")
         _one_inference(compiled, xml)
-        out.append({"name": c["name"], "version": versions[-1], "properties": got,
-                    "inputs": {p.get_any_name(): str(p.get_element_type()) for p in compiled.inputs}})
+        out.append(
+            {
+                "name": c["name"],
+                "version": versions[-1],
+                "properties": got,
+                "inputs": {p.get_any_name(): str(p.get_element_type()) for p in compiled.inputs},
+            }
+        )
     return out
 
 
@@ -83,8 +98,12 @@ def _one_inference(compiled, xml: Path) -> None:
     """A model can compile and still fail at its first request (a fused IR with a broken state sink)."""
     import numpy as np
 
-    feed = {p.get_any_name(): np.array(["kasp validation"]) if p.get_element_type().get_type_name() == "string"
-            else np.ones((1, 8), np.int64) for p in compiled.inputs}
+    feed = {
+        p.get_any_name(): np.array(["kasp validation"])
+        if p.get_element_type().get_type_name() == "string"
+        else np.ones((1, 8), np.int64)
+        for p in compiled.inputs
+    }
     try:
         compiled(feed)
     except RuntimeError as e:
@@ -96,19 +115,39 @@ def _cause(e: Exception) -> str:
     return next((line for line in reversed(str(e).splitlines()) if line.strip()), "unknown error")
 
 
-def triton_config(name: str, platform: str, inputs: dict, outputs: dict, max_batch_size: int,
-                  kind: str, accelerators: dict | None = None, parameters: dict | None = None) -> str:
+def triton_config(
+    name: str,
+    platform: str,
+    inputs: dict,
+    outputs: dict,
+    max_batch_size: int,
+    kind: str,
+    accelerators: dict | None = None,
+    parameters: dict | None = None,
+) -> str:
     """config.pbtxt text. inputs/outputs: name -> (numpy dtype name, dims without the batch dim)."""
+
     def tensors(d):
-        return ",\n".join(f'  {{ name: "{n}" data_type: {NP_TO_TRITON[t]} dims: {list(dims)} }}'
-                          for n, (t, dims) in d.items())
-    text = [f'name: "{name}"', f'backend: "{platform}"', f"max_batch_size: {max_batch_size}",
-            f"input [\n{tensors(inputs)}\n]", f"output [\n{tensors(outputs)}\n]", "dynamic_batching { }",
-            f"instance_group [ {{ count: 1 kind: {kind} }} ]"]
+        return ",\n".join(
+            f'  {{ name: "{n}" data_type: {NP_TO_TRITON[t]} dims: {list(dims)} }}'
+            for n, (t, dims) in d.items()
+        )
+
+    text = [
+        f'name: "{name}"',
+        f'backend: "{platform}"',
+        f"max_batch_size: {max_batch_size}",
+        f"input [\n{tensors(inputs)}\n]",
+        f"output [\n{tensors(outputs)}\n]",
+        "dynamic_batching { }",
+        f"instance_group [ {{ count: 1 kind: {kind} }} ]",
+    ]
     if accelerators:
         params = " ".join(f'parameters {{ key: "{k}" value: "{v}" }}' for k, v in accelerators.items())
-        text.append(f'optimization {{ execution_accelerators {{ gpu_execution_accelerator: '
-                    f'[ {{ name: "tensorrt" {params} }} ] }} }}')
+        text.append(
+            f"optimization {{ execution_accelerators {{ gpu_execution_accelerator: "
+            f'[ {{ name: "tensorrt" {params} }} ] }} }}'
+        )
     for k, v in (parameters or {}).items():
         text.append(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}')
     return "\n".join(text) + "\n"
@@ -131,15 +170,23 @@ def model_io(path: Path) -> tuple[dict, dict]:
 
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         ort_np = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32"}
-        ports = [(p.name, ort_np[p.type], [d if isinstance(d, int) else -1 for d in p.shape])
-                 for p in (*sess.get_inputs(), *sess.get_outputs())]
+        ports = [
+            (p.name, ort_np[p.type], [d if isinstance(d, int) else -1 for d in p.shape])
+            for p in (*sess.get_inputs(), *sess.get_outputs())
+        ]
         n_in = len(sess.get_inputs())
     else:
         import openvino as ov
 
         m = ov.Core().read_model(str(path))
-        ports = [(p.get_any_name(), p.get_element_type().to_dtype().name,
-                  [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()]) for p in (*m.inputs, *m.outputs)]
+        ports = [
+            (
+                p.get_any_name(),
+                p.get_element_type().to_dtype().name,
+                [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()],
+            )
+            for p in (*m.inputs, *m.outputs)
+        ]
         n_in = len(m.inputs)
     if fixed := [n for n, _, dims in ports if not dims or dims[0] != -1]:
         raise RepositoryError(f"{path}: {fixed} have a fixed first dim; Triton needs it dynamic to batch")
@@ -166,16 +213,24 @@ def validate_triton(root: Path) -> list[dict]:
         if not model.is_file():
             raise RepositoryError(f"{pbtxt}: backend {cfg.backend} needs {model}, which is missing")
         if cfg.max_batch_size < 1 or not cfg.HasField("dynamic_batching") or not cfg.instance_group:
-            raise RepositoryError(f"{pbtxt}: needs max_batch_size >= 1, dynamic_batching and an instance_group")
+            raise RepositoryError(
+                f"{pbtxt}: needs max_batch_size >= 1, dynamic_batching and an instance_group"
+            )
         ins, outs = model_io(model)
         for kind, declared, real in (("input", cfg.input, ins), ("output", cfg.output, outs)):
             got = {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in declared}
             want = {n: (NP_TO_TRITON[d], dims) for n, (d, dims) in real.items()}
             if got != want:
                 raise RepositoryError(f"{pbtxt}: {kind}s {got} do not match the model's {want}")
-        out.append({"name": cfg.name, "backend": cfg.backend, "max_batch_size": cfg.max_batch_size,
-                    "instance_kinds": [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in cfg.instance_group],
-                    "inputs": sorted(ins)})
+        out.append(
+            {
+                "name": cfg.name,
+                "backend": cfg.backend,
+                "max_batch_size": cfg.max_batch_size,
+                "instance_kinds": [mc.ModelInstanceGroup.Kind.Name(g.kind) for g in cfg.instance_group],
+                "inputs": sorted(ins),
+            }
+        )
     if not out:
         raise RepositoryError(f"{root}: no */config.pbtxt")
     return out

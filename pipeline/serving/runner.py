@@ -16,6 +16,7 @@ file is checked against manifest.json before anything is compiled: a changed or 
 required file the manifest does not list, raises BundleError. This file is copied into every bundle,
 so it imports nothing from kasp and only the runtime of the bundle it opens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ LABELS_FILE, CONFIG_FILE, MANIFEST_FILE = "labels.json", "runtime_config.json", 
 TOKENIZER_FILE, RUNNER_FILE, REQUIREMENTS_FILE = "tokenizer.json", "runner.py", "requirements.txt"
 COMMON = (LABELS_FILE, CONFIG_FILE, RUNNER_FILE, REQUIREMENTS_FILE)
 # engine -> the files it reads besides COMMON
-ENGINE_FILES = {"openvino-text": ("model.xml", "model.bin"), "openvino": ("model.xml", "model.bin", TOKENIZER_FILE),
-                "onnxruntime": ("model.onnx", TOKENIZER_FILE)}
+ENGINE_FILES = {
+    "openvino-text": ("model.xml", "model.bin"),
+    "openvino": ("model.xml", "model.bin", TOKENIZER_FILE),
+    "onnxruntime": ("model.onnx", TOKENIZER_FILE),
+}
 TEXT_INPUTS = ("text", "text_pair")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CLASSIFICATION = ("classification", "single_label_classification")
@@ -75,7 +79,9 @@ def verify(root: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{root}: {MANIFEST_FILE} is not {FORMAT}")
     if manifest.get("engine") not in ENGINE_FILES:
-        raise BundleError(f"{root}: unknown engine {manifest.get('engine')!r}; known: {', '.join(ENGINE_FILES)}")
+        raise BundleError(
+            f"{root}: unknown engine {manifest.get('engine')!r}; known: {', '.join(ENGINE_FILES)}"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise BundleError(f"{root}: {MANIFEST_FILE} has no files map")
@@ -98,8 +104,9 @@ def _tokenizer(path: Path, max_length: int):
     tok.enable_truncation(max_length=max_length)  # default longest_first, as transformers' truncation=True
     pad = tok.padding or {}
     # save_pretrained does not record padding in tokenizer.json; the pad id only fills masked slots anyway.
-    pad_token = pad.get("pad_token") or next((t for t in ("[PAD]", "<pad>") if tok.token_to_id(t) is not None),
-                                             "[PAD]")
+    pad_token = pad.get("pad_token") or next(
+        (t for t in ("[PAD]", "<pad>") if tok.token_to_id(t) is not None), "[PAD]"
+    )
     tok.enable_padding(pad_id=pad.get("pad_id", tok.token_to_id(pad_token) or 0), pad_token=pad_token)
     return tok
 
@@ -113,8 +120,11 @@ def _encoder(root: Path, max_length: int, names: list[str]):
 
     def encode(texts, pairs):
         enc = tok.encode_batch(list(zip(texts, pairs)) if pairs is not None else list(texts))
-        arrays = {"input_ids": [e.ids for e in enc], "attention_mask": [e.attention_mask for e in enc],
-                  "token_type_ids": [e.type_ids for e in enc]}
+        arrays = {
+            "input_ids": [e.ids for e in enc],
+            "attention_mask": [e.attention_mask for e in enc],
+            "token_type_ids": [e.type_ids for e in enc],
+        }
         return {n: np.asarray(arrays[n], dtype=np.int64) for n in names}
 
     def count(texts, pairs):
@@ -131,9 +141,13 @@ def _ov_compile(root: Path, config: dict, device: str, threads: int | None):
         config = {**config, "INFERENCE_NUM_THREADS": str(threads)}
     try:
         return ov.Core().compile_model(str(root / "model.xml"), device, config)
-    except RuntimeError as e:  # OpenVINO nests a C++ trace; its last line is the cause (e.g. an unknown property)
+    except (
+        RuntimeError
+    ) as e:  # OpenVINO nests a C++ trace; its last line is the cause (e.g. an unknown property)
         cause = [line for line in str(e).splitlines() if line.strip()][-1:] or ["unknown error"]
-        raise BundleError(f"{root}: cannot compile model.xml on {device} with {CONFIG_FILE}: {cause[0]}") from e
+        raise BundleError(
+            f"{root}: cannot compile model.xml on {device} with {CONFIG_FILE}: {cause[0]}"
+        ) from e
 
 
 def _port_names(ports, known, root: Path) -> list[str]:
@@ -151,21 +165,27 @@ def _openvino_text(root: Path, config: dict, max_length: int, device: str, threa
     try:
         import openvino_tokenizers  # noqa: F401  registers the tokenizer ops the fused IR uses
     except ImportError:
-        raise BundleError(f"{root}: this bundle's IR has the tokenizer fused in; pip install the "
-                          f"openvino-tokenizers named in {REQUIREMENTS_FILE}") from None
+        raise BundleError(
+            f"{root}: this bundle's IR has the tokenizer fused in; pip install the "
+            f"openvino-tokenizers named in {REQUIREMENTS_FILE}"
+        ) from None
     compiled = _ov_compile(root, config, device, threads)
     names, request = _port_names(compiled.inputs, TEXT_INPUTS, root), compiled.create_infer_request()
 
     def feed(texts, pairs):
         if (pairs is not None) != ("text_pair" in names):
-            raise ValueError("this model takes text pairs" if pairs is None else "this model takes single texts")
+            raise ValueError(
+                "this model takes text pairs" if pairs is None else "this model takes single texts"
+            )
         feed = {"text": np.array(texts, dtype=str)}
         if pairs is not None:
             feed["text_pair"] = np.array(pairs, dtype=str)
         return feed
 
     def run(texts, pairs):
-        return np.array(request.infer(feed(texts, pairs))[compiled.output(0)], dtype=np.float32)  # a copy: reused
+        return np.array(
+            request.infer(feed(texts, pairs))[compiled.output(0)], dtype=np.float32
+        )  # a copy: reused
 
     # built at the first count: predict() alone (e.g. tools.diagnostics.startup's first answer) never pays for it
     counter = []
@@ -187,7 +207,9 @@ def _fused_token_counter(root: Path, device: str, threads: int | None):
     model = core.read_model(str(root / "model.xml"))
     mask = [o for op in model.get_ordered_ops() for o in op.outputs() if "attention_mask" in o.get_names()]
     if len(mask) != 1:
-        raise BundleError(f"{root}: model.xml has {len(mask)} tensors named attention_mask, not 1: cannot count tokens")
+        raise BundleError(
+            f"{root}: model.xml has {len(mask)} tensors named attention_mask, not 1: cannot count tokens"
+        )
     tokens = ov.Model(mask, model.get_parameters(), "tokens")
     tokens.add_sinks(model.get_sinks())
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +218,9 @@ def _fused_token_counter(root: Path, device: str, threads: int | None):
         ov.save_model(tokens, f"{tmp}/tokens.xml", compress_to_fp16=False)
         del model, tokens, mask
         config = {"INFERENCE_NUM_THREADS": str(threads)} if threads else {}
-        request = core.compile_model(core.read_model(f"{tmp}/tokens.xml"), device, config).create_infer_request()
+        request = core.compile_model(
+            core.read_model(f"{tmp}/tokens.xml"), device, config
+        ).create_infer_request()
     states = [s for s in request.query_state() if s.name == "truncation"]
     if len(states) != 1:
         raise BundleError(f"{root}: the fused tokenizer has no `truncation` state: cannot count tokens")
@@ -209,8 +233,11 @@ def _openvino(root: Path, config: dict, max_length: int, device: str, threads: i
     compiled = _ov_compile(root, config, device, threads)
     names, request = _port_names(compiled.inputs, INPUTS, root), compiled.create_infer_request()
     encode, count = _encoder(root, max_length, names)
-    return (lambda texts, pairs: np.array(request.infer(encode(texts, pairs))[compiled.output(0)], np.float32)), \
-        names, count
+    return (
+        (lambda texts, pairs: np.array(request.infer(encode(texts, pairs))[compiled.output(0)], np.float32)),
+        names,
+        count,
+    )
 
 
 def _onnxruntime(root: Path, config: dict, max_length: int, device: str, threads: int | None):
@@ -222,14 +249,20 @@ def _onnxruntime(root: Path, config: dict, max_length: int, device: str, threads
     providers = config.get("providers", ["CPUExecutionProvider"])
     missing = [p for p in providers if p not in ort.get_available_providers()]
     if missing:  # onnxruntime would fall back to the CPU without a word
-        raise BundleError(f"{root}: provider(s) {missing} from {CONFIG_FILE} are not in this onnxruntime build "
-                          f"({ort.get_available_providers()})")
+        raise BundleError(
+            f"{root}: provider(s) {missing} from {CONFIG_FILE} are not in this onnxruntime build "
+            f"({ort.get_available_providers()})"
+        )
     sess = ort.InferenceSession(str(root / "model.onnx"), opts, providers=providers)
     names = [i.name for i in sess.get_inputs()]
     if bad := [n for n in names if n not in INPUTS]:
         raise BundleError(f"{root}: model.onnx has unexpected inputs {bad}")
     encode, count = _encoder(root, max_length, names)
-    return (lambda texts, pairs: sess.run(["logits"], encode(texts, pairs))[0].astype(np.float32)), names, count
+    return (
+        (lambda texts, pairs: sess.run(["logits"], encode(texts, pairs))[0].astype(np.float32)),
+        names,
+        count,
+    )
 
 
 ENGINES = {"openvino-text": _openvino_text, "openvino": _openvino, "onnxruntime": _onnxruntime}
@@ -256,35 +289,51 @@ class Bundle:
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise BundleError(f"{self.path}: {LABELS_FILE} has a bad max_length {self.max_length!r}")
         config = json.loads((self.path / CONFIG_FILE).read_text())
-        self._run, self.input_names, self._count = ENGINES[self.manifest["engine"]](self.path, config,
-                                                                                    self.max_length, device, threads)
+        self._run, self.input_names, self._count = ENGINES[self.manifest["engine"]](
+            self.path, config, self.max_length, device, threads
+        )
         self.load_seconds = time.perf_counter() - t0
 
     def logits(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(pairs)} pairs")
-        out = [self._run(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs is not None else None)
-               for i in range(0, len(texts), batch_size)]
+        out = [
+            self._run(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs is not None else None)
+            for i in range(0, len(texts), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels or [None])), np.float32)
 
-    def token_counts(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
+    def token_counts(
+        self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32
+    ) -> np.ndarray:
         """Each row's token count before truncation to max_length (special tokens included)."""
-        out = [self._count(texts[i:i + batch_size], pairs[i:i + batch_size] if pairs is not None else None)
-               for i in range(0, len(texts), batch_size)]
+        out = [
+            self._count(texts[i : i + batch_size], pairs[i : i + batch_size] if pairs is not None else None)
+            for i in range(0, len(texts), batch_size)
+        ]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def notes(self, texts: list[str], pairs: list[str] | None, counts: np.ndarray) -> list[dict]:
         """Per row: tokens kept, tokens before truncation, and whether the text was truncated or empty."""
         pairs = pairs if pairs is not None else [None] * len(texts)
-        return [{"tokens": min(int(n), self.max_length), "tokens_in": int(n), "truncated": int(n) > self.max_length,
-                 "empty": not t.strip() or (p is not None and not p.strip())} for t, p, n in zip(texts, pairs, counts)]
+        return [
+            {
+                "tokens": min(int(n), self.max_length),
+                "tokens_in": int(n),
+                "truncated": int(n) > self.max_length,
+                "empty": not t.strip() or (p is not None and not p.strip()),
+            }
+            for t, p, n in zip(texts, pairs, counts)
+        ]
 
     def answers(self, logits: np.ndarray) -> list[dict]:
         if self.problem_type == "regression":
             return [{"score": float(row[0])} for row in logits]
         names = self.labels or [f"LABEL_{i}" for i in range(logits.shape[-1])]
         probs = softmax(logits.astype(np.float64))
-        return [{"label": names[int(p.argmax())], "probs": {n: float(x) for n, x in zip(names, p)}} for p in probs]
+        return [
+            {"label": names[int(p.argmax())], "probs": {n: float(x) for n, x in zip(names, p)}} for p in probs
+        ]
 
     def predict(self, texts: list[str], pairs: list[str] | None = None, batch_size: int = 32) -> list[dict]:
         return self.answers(self.logits(texts, pairs, batch_size))
@@ -320,8 +369,9 @@ def read_jsonl(path: Path) -> list[tuple[int, str, str | None]]:
         content = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at offset {e.start})") \
-            from None
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
     rows, bad = [], []
     for n, line in enumerate(content.split("\n"), 1):  # not splitlines: U+2028 may sit inside a JSON string
         if line.strip():
@@ -352,7 +402,7 @@ def score_rows(bundle: Bundle, rows: list[tuple[int, str, str | None]], batch_si
     """Yield one answer per row, in input order, each with its line number and notes (tokens, truncated, empty).
     Single texts and pairs are scored in separate calls: one model call takes one kind."""
     for start in range(0, len(rows), batch_size):
-        chunk, out = rows[start:start + batch_size], {}
+        chunk, out = rows[start : start + batch_size], {}
         for pair_rows in (False, True):
             part = [r for r in chunk if (r[2] is not None) == pair_rows]
             if not part:
@@ -369,20 +419,30 @@ def _say_notes(answer: dict, where: str) -> None:
     if answer["empty"]:
         print(f"warning: {where}: empty text, scored as is", file=sys.stderr)
     if answer["truncated"]:
-        print(f"warning: {where}: truncated to {answer['tokens']} of {answer['tokens_in']} tokens", file=sys.stderr)
+        print(
+            f"warning: {where}: truncated to {answer['tokens']} of {answer['tokens_in']} tokens",
+            file=sys.stderr,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python runner.py", description=__doc__.split("\n")[0])
-    ap.add_argument("bundle", type=Path, nargs="?", default=Path(__file__).resolve().parent,
-                    help="bundle folder (default: the folder this file is in)")
+    ap.add_argument(
+        "bundle",
+        type=Path,
+        nargs="?",
+        default=Path(__file__).resolve().parent,
+        help="bundle folder (default: the folder this file is in)",
+    )
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--text")
-    src.add_argument("--jsonl", type=Path, help="one JSON object per line: {\"text\": ..., \"text_pair\": ...}")
+    src.add_argument("--jsonl", type=Path, help='one JSON object per line: {"text": ..., "text_pair": ...}')
     ap.add_argument("--pair", help="second sentence for --text")
     ap.add_argument("--show-info", action="store_true", help="print the manifest and load time")
     ap.add_argument("--device", default="CPU", help="OpenVINO device (openvino engines)")
-    ap.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime decides)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="inference threads (default: the runtime decides)"
+    )
     ap.add_argument("--batch-size", type=int, default=32, help="rows per model call (>= 1)")
     return ap
 
@@ -414,7 +474,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     _check_args(ap, args)
     try:
-        rows = [(0, args.text, args.pair)] if args.text is not None else read_jsonl(args.jsonl) if args.jsonl else []
+        rows = (
+            [(0, args.text, args.pair)]
+            if args.text is not None
+            else read_jsonl(args.jsonl)
+            if args.jsonl
+            else []
+        )
         bundle = Bundle(args.bundle, args.device, args.threads)
         if args.show_info:  # to stderr when predicting, so stdout stays one line per input
             print(json.dumps(bundle.info()), file=sys.stderr if rows or args.jsonl else sys.stdout)

@@ -20,6 +20,7 @@ reaches only the request that caused it.
 It binds 127.0.0.1 unless told otherwise (kserve 0.21's servers bind 0.0.0.0 with no option: see
 pipeline/serving/v2app.py for what is used of kserve and why). Model control (load/unload) is off.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,8 +84,12 @@ class Batcher:
                 if not batch[0][2].done():
                     batch[0][2].set_exception(e)
                 return
-            log.warning("a batch of %d requests failed (%s: %s); running each alone", len(batch),
-                        type(e).__name__, str(e)[:200])
+            log.warning(
+                "a batch of %d requests failed (%s: %s); running each alone",
+                len(batch),
+                type(e).__name__,
+                str(e)[:200],
+            )
             for one in batch:  # whose was it? each alone: the others are answered
                 if not one[2].done():  # a client that went away needs no answer
                     await self._call([one])
@@ -93,7 +98,7 @@ class Batcher:
         start = 0
         for b_texts, _, fut in batch:
             if not fut.done():
-                fut.set_result(tuple(r[start:start + len(b_texts)] for r in rows))
+                fut.set_result(tuple(r[start : start + len(b_texts)] for r in rows))
             start += len(b_texts)
 
     async def _loop(self):
@@ -111,9 +116,11 @@ class Batcher:
 
 def _notes_parameters(notes: list[dict]) -> dict:
     """Response parameters (v2 parameters are scalars): tokens kept per text, indices of truncated and empty texts."""
-    return {"tokens": ",".join(str(n["tokens"]) for n in notes),
-            "truncated": ",".join(str(i) for i, n in enumerate(notes) if n["truncated"]),
-            "empty": ",".join(str(i) for i, n in enumerate(notes) if n["empty"])}
+    return {
+        "tokens": ",".join(str(n["tokens"]) for n in notes),
+        "truncated": ",".join(str(i) for i, n in enumerate(notes) if n["truncated"]),
+        "empty": ",".join(str(i) for i, n in enumerate(notes) if n["empty"]),
+    }
 
 
 def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
@@ -135,30 +142,47 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
             return self.ready
 
         def _score(self, texts, pairs):
-            return self.bundle.logits(texts, pairs, limits["max_batch"]), self.bundle.token_counts(texts, pairs)
+            return self.bundle.logits(texts, pairs, limits["max_batch"]), self.bundle.token_counts(
+                texts, pairs
+            )
 
         async def healthy(self) -> bool:
             return self.ready and self.batcher.alive()
 
         def get_input_types(self):
-            return [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (("text", "text_pair") if self.pairs
-                                                                            else ("text",))]
+            return [
+                {"name": n, "datatype": "BYTES", "shape": [-1]}
+                for n in (("text", "text_pair") if self.pairs else ("text",))
+            ]
 
         def get_output_types(self):
             k = len(self.bundle.labels or [None])
             return [{"name": "logits", "datatype": "FP32", "shape": [-1, k]}] + (
-                [{"name": "label", "datatype": "BYTES", "shape": [-1]}] if self.bundle.labels else [])
+                [{"name": "label", "datatype": "BYTES", "shape": [-1]}] if self.bundle.labels else []
+            )
 
         def config(self) -> dict:
             """Triton-style model config, read-only: what a client needs to build requests."""
-            def tensors(types):
-                return [{"name": t["name"], "data_type": "TYPE_STRING" if t["datatype"] == "BYTES" else "TYPE_FP32",
-                         "dims": t["shape"]} for t in types]
 
-            return {"name": self.name, "platform": "kasp", "backend": self.bundle.manifest["engine"],
-                    "max_batch_size": 0, "input": tensors(self.get_input_types()),
-                    "output": tensors(self.get_output_types()),
-                    "parameters": {k: {"string_value": str(v)} for k, v in limits.items()}}
+            def tensors(types):
+                return [
+                    {
+                        "name": t["name"],
+                        "data_type": "TYPE_STRING" if t["datatype"] == "BYTES" else "TYPE_FP32",
+                        "dims": t["shape"],
+                    }
+                    for t in types
+                ]
+
+            return {
+                "name": self.name,
+                "platform": "kasp",
+                "backend": self.bundle.manifest["engine"],
+                "max_batch_size": 0,
+                "input": tensors(self.get_input_types()),
+                "output": tensors(self.get_output_types()),
+                "parameters": {k: {"string_value": str(v)} for k, v in limits.items()},
+            }
 
         def statistics(self) -> dict:
             return self.stats.as_triton(self.name, self.batcher.calls)
@@ -177,8 +201,9 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
             if not isinstance(payload, InferRequest):  # kserve routes v1 (:predict) bodies here as dicts
                 raise InvalidInput("this server speaks the v2 protocol: POST /v2/models/<name>/infer")
             try:
-                texts, pairs = check_texts([(i.name, i.datatype, i.shape, i.data) for i in payload.inputs],
-                                           self.pairs, limits)
+                texts, pairs = check_texts(
+                    [(i.name, i.datatype, i.shape, i.data) for i in payload.inputs], self.pairs, limits
+                )
             except BadRequest as e:
                 raise InvalidInput(str(e)) from None
             logits, counts = await self.batcher.submit(texts, pairs)
@@ -187,9 +212,15 @@ def make_model(bundle_path: Path, name: str, limits: dict, threads: int | None):
                 labels = [a["label"] for a in self.bundle.answers(logits)]
                 outputs.append(InferOutput("label", [len(labels)], "BYTES", labels))
             notes = self.bundle.notes(texts, pairs, counts)
-            return InferResponse(payload.id or str(uuid.uuid4()), self.name, outputs, model_version=VERSION,
-                                 parameters=_notes_parameters(notes), use_binary_outputs=payload.use_binary_outputs,
-                                 requested_outputs=payload.request_outputs), len(texts)
+            return InferResponse(
+                payload.id or str(uuid.uuid4()),
+                self.name,
+                outputs,
+                model_version=VERSION,
+                parameters=_notes_parameters(notes),
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
+            ), len(texts)
 
     return BundleModel(name)
 
@@ -201,8 +232,13 @@ def body_limit(app, max_bytes: int):
 
     async def reply(scope, send, status: int, message: str):
         logger.warning("rejected %s %s: %d %s", scope.get("method"), scope.get("path"), status, message)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": json.dumps({"error": message}).encode()})
 
     async def middleware(scope, receive, send):

@@ -6,6 +6,7 @@ HF tokenizer's (padded to the longest in the batch, truncated longest-first at m
 fused model's logits must match the token-in IR fed the HF ids within `atol`.
 Build side only (it imports transformers); the edge needs openvino and openvino-tokenizers.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,10 +27,13 @@ def convert(tokenizer_dir: Path, pairs: bool, max_length: int):
 
     hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     try:
-        model = convert_tokenizer(hf, truncation=True, max_length=max_length, number_of_inputs=2 if pairs else 1)
+        model = convert_tokenizer(
+            hf, truncation=True, max_length=max_length, number_of_inputs=2 if pairs else 1
+        )
     except Exception as e:  # the converter raises many types (NotImplementedError, OVTypeError, ...)
-        raise TokenizerConversionError(f"openvino-tokenizers cannot convert {type(hf).__name__} from "
-                                       f"{tokenizer_dir}: {e}") from e
+        raise TokenizerConversionError(
+            f"openvino-tokenizers cannot convert {type(hf).__name__} from {tokenizer_dir}: {e}"
+        ) from e
     for port, name in zip(model.inputs, TEXT_INPUTS):
         port.get_tensor().set_names({name})  # pair inputs come unnamed; a server addresses them by name
     return model, hf
@@ -64,8 +68,16 @@ def _same_row(ours: dict, ref: dict, j: int) -> bool:
     return all(k in ours and np.array_equal(ours[k][j][:n], v[j][:n]) for k, v in ref.items())
 
 
-def parity(tokenizer_model, fused, ir_xml: Path, hf, rows: list[tuple[str, str | None]], max_length: int,
-           atol: float, batch_size: int = 32) -> dict:
+def parity(
+    tokenizer_model,
+    fused,
+    ir_xml: Path,
+    hf,
+    rows: list[tuple[str, str | None]],
+    max_length: int,
+    atol: float,
+    batch_size: int = 32,
+) -> dict:
     """Check the converted tokenizer and the fused model on `rows` (text, text_pair or None)."""
     import openvino as ov
 
@@ -74,13 +86,20 @@ def parity(tokenizer_model, fused, ir_xml: Path, hf, rows: list[tuple[str, str |
     ir_inputs = {p.get_any_name() for p in ir.inputs}
     token_mismatch, max_diff = 0, 0.0
     for i in range(0, len(rows), batch_size):
-        texts = [t for t, _ in rows[i:i + batch_size]]
-        pairs = [p for _, p in rows[i:i + batch_size]] if rows[0][1] is not None else None
-        feed = {"text": np.array(texts, dtype=str)} | ({"text_pair": np.array(pairs, dtype=str)} if pairs else {})
+        texts = [t for t, _ in rows[i : i + batch_size]]
+        pairs = [p for _, p in rows[i : i + batch_size]] if rows[0][1] is not None else None
+        feed = {"text": np.array(texts, dtype=str)} | (
+            {"text_pair": np.array(pairs, dtype=str)} if pairs else {}
+        )
         ours = {k.get_any_name(): v for k, v in tok(feed).items()}
         ref = _hf_batch(hf, texts, pairs, max_length)
         token_mismatch += sum(not _same_row(ours, ref, j) for j in range(len(texts)))
         want = ir({k: v for k, v in ref.items() if k in ir_inputs})[0]
         max_diff = max(max_diff, float(np.abs(net(feed)[0] - want).max()))
-    return {"rows": len(rows), "token_mismatch_rows": token_mismatch, "logits_max_abs_diff": max_diff,
-            "atol": atol, "passed": token_mismatch == 0 and max_diff <= atol}
+    return {
+        "rows": len(rows),
+        "token_mismatch_rows": token_mismatch,
+        "logits_max_abs_diff": max_diff,
+        "atol": atol,
+        "passed": token_mismatch == 0 and max_diff <= atol,
+    }

@@ -20,6 +20,7 @@ health, metadata and infer) and these routes, all under /v2:
 Anything else, and every error, is a JSON {"error": "..."} that tritonclient decodes into an
 InferenceServerException. A rejected request (4xx) logs one WARNING line, no traceback.
 """
+
 from __future__ import annotations
 
 import time
@@ -61,8 +62,14 @@ class Refused(Exception):
 def _reply(request: Request, status: int, message: str) -> JSONResponse:
     if status < 500:
         client = f"{request.client.host}:{request.client.port}" if request.client else "?"
-        logger.warning("rejected %s %s from %s: %d %r", request.method, request.url.path, client, status,
-                       message[:MAX_LOGGED])
+        logger.warning(
+            "rejected %s %s from %s: %d %r",
+            request.method,
+            request.url.path,
+            client,
+            status,
+            message[:MAX_LOGGED],
+        )
     else:
         logger.error("failed %s %s: %d %s", request.method, request.url.path, status, message[:MAX_LOGGED])
     return JSONResponse({"error": message}, status_code=status)
@@ -70,6 +77,7 @@ def _reply(request: Request, status: int, message: str) -> JSONResponse:
 
 def _handler(status: int | None = None):
     """An exception handler answering `status` (None: the exception's own) with the exception's message."""
+
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return _reply(request, status or exc.status, str(exc))
 
@@ -77,13 +85,25 @@ def _handler(status: int | None = None):
 
 
 def _add_handlers(app: FastAPI) -> None:
-    statuses = {InvalidInput: 400, BadRequest: 400, ModelNotFound: 404, ModelNotReady: 503, ServerNotReady: 503}
+    statuses = {
+        InvalidInput: 400,
+        BadRequest: 400,
+        ModelNotFound: 404,
+        ModelNotReady: 503,
+        ServerNotReady: 503,
+    }
     for exc, status in statuses.items():
         app.add_exception_handler(exc, _handler(status))
     app.add_exception_handler(Refused, _handler())
 
-    async def http_error(request: Request, exc: HTTPException):  # FastAPI's own 404/405: as JSON the client reads
-        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+    async def http_error(
+        request: Request, exc: HTTPException
+    ):  # FastAPI's own 404/405: as JSON the client reads
+        message = (
+            f"no route {request.method} {request.url.path}"
+            if exc.status_code in (404, 405)
+            else str(exc.detail)
+        )
         return _reply(request, exc.status_code, message)
 
     async def internal(request: Request, exc: Exception):  # a fault of the server: uvicorn logs the traceback
@@ -95,10 +115,15 @@ def _add_handlers(app: FastAPI) -> None:
 
 def to_kserve(request: WireRequest, model_name: str) -> InferRequest:
     """The checked request as kserve's InferRequest, the form its data plane and model take."""
-    inputs = [InferInput(i["name"], i["shape"], i["datatype"], i["data"], i["parameters"]) for i in request.inputs]
-    outputs = [RequestedOutput(o["name"], o["parameters"]) for o in request.outputs] if request.outputs else None
-    return InferRequest(model_name, inputs, request_id=request.id, parameters=request.parameters,
-                        request_outputs=outputs)
+    inputs = [
+        InferInput(i["name"], i["shape"], i["datatype"], i["data"], i["parameters"]) for i in request.inputs
+    ]
+    outputs = (
+        [RequestedOutput(o["name"], o["parameters"]) for o in request.outputs] if request.outputs else None
+    )
+    return InferRequest(
+        model_name, inputs, request_id=request.id, parameters=request.parameters, request_outputs=outputs
+    )
 
 
 def _version(model_name: str, version: str | None) -> None:
@@ -108,8 +133,13 @@ def _version(model_name: str, version: str | None) -> None:
 
 def make_app(dataplane: BundleDataPlane) -> FastAPI:
     """The v2 app for the models in `dataplane`'s registry (kasp registers one)."""
-    app = FastAPI(title="kasp v2 server", docs_url=None, redoc_url=None, openapi_url=None,
-                  default_response_class=JSONResponse)
+    app = FastAPI(
+        title="kasp v2 server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        default_response_class=JSONResponse,
+    )
     v2 = V2Endpoints(dataplane)
 
     def model_of(name: str, version: str | None = None):
@@ -138,20 +168,37 @@ def make_app(dataplane: BundleDataPlane) -> FastAPI:
 
     async def index():
         registry = dataplane.model_registry
-        return [{"name": n, "version": VERSION, "state": "READY" if await registry.is_model_ready(n) else "UNAVAILABLE"}
-                for n in registry.get_models()]
+        return [
+            {
+                "name": n,
+                "version": VERSION,
+                "state": "READY" if await registry.is_model_ready(n) else "UNAVAILABLE",
+            }
+            for n in registry.get_models()
+        ]
 
     async def model_control(model_name: str):
-        raise Refused(403, "model control is off: this server serves one fixed bundle; restart it to change models")
+        raise Refused(
+            403, "model control is off: this server serves one fixed bundle; restart it to change models"
+        )
 
-    routes = [("/health/live", v2.live, "GET"), ("/health/ready", v2.ready, "GET"), ("", v2.metadata, "GET"),
-              ("/models/stats", stats, "GET"), ("/repository/index", index, "POST"),
-              ("/repository/models/{model_name}/load", model_control, "POST"),
-              ("/repository/models/{model_name}/unload", model_control, "POST")]
+    routes = [
+        ("/health/live", v2.live, "GET"),
+        ("/health/ready", v2.ready, "GET"),
+        ("", v2.metadata, "GET"),
+        ("/models/stats", stats, "GET"),
+        ("/repository/index", index, "POST"),
+        ("/repository/models/{model_name}/load", model_control, "POST"),
+        ("/repository/models/{model_name}/unload", model_control, "POST"),
+    ]
     for prefix in ("/models/{model_name}", "/models/{model_name}/versions/{model_version}"):
-        routes += [(prefix, metadata, "GET"), (f"{prefix}/ready", model_ready, "GET"),
-                   (f"{prefix}/config", config, "GET"), (f"{prefix}/stats", stats, "GET"),
-                   (f"{prefix}/infer", infer, "POST")]
+        routes += [
+            (prefix, metadata, "GET"),
+            (f"{prefix}/ready", model_ready, "GET"),
+            (f"{prefix}/config", config, "GET"),
+            (f"{prefix}/stats", stats, "GET"),
+            (f"{prefix}/infer", infer, "POST"),
+        ]
     for path, handler, method in routes:
         app.add_api_route(f"/v2{path}", handler, methods=[method], response_model=None)
     _add_handlers(app)
@@ -172,7 +219,14 @@ class Stats:
         self.last_ms = int(time.time() * 1000)
 
     def as_triton(self, name: str, executions: int) -> dict:
-        return {"name": name, "version": VERSION, "last_inference": self.last_ms, "inference_count": self.texts,
-                "execution_count": executions,
-                "inference_stats": {"success": {"count": self.success[0], "ns": self.success[1]},
-                                    "fail": {"count": self.fail[0], "ns": self.fail[1]}}}
+        return {
+            "name": name,
+            "version": VERSION,
+            "last_inference": self.last_ms,
+            "inference_count": self.texts,
+            "execution_count": executions,
+            "inference_stats": {
+                "success": {"count": self.success[0], "ns": self.success[1]},
+                "fail": {"count": self.fail[0], "ns": self.fail[1]},
+            },
+        }

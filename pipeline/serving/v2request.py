@@ -14,6 +14,7 @@ kserve's own decoder is not used for bodies: it answers a bad length prefix or n
 500 and scores a body shorter than it declares. Nothing here imports kserve: its protobuf module and
 tritonclient.grpc's register the same `inference.*` names and cannot share a process (the tests).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ class BadRequest(ValueError):
 class Request:
     """A v2 infer request, read and checked: inputs as {name, shape, datatype, parameters, data},
     requested outputs as {name, parameters} (None: all)."""
+
     id: str | None
     parameters: dict
     inputs: list[dict]
@@ -45,7 +47,9 @@ def _header_size(value: str, body_size: int) -> int:
         raise BadRequest(f"header Inference-Header-Content-Length must be a byte count, got {value[:40]!r}")
     size = int(value)
     if size > body_size:
-        raise BadRequest(f"header Inference-Header-Content-Length is {size} but the body has only {body_size} bytes")
+        raise BadRequest(
+            f"header Inference-Header-Content-Length is {size} but the body has only {body_size} bytes"
+        )
     return size
 
 
@@ -79,9 +83,11 @@ def bytes_elements(chunk: bytes, name: str) -> list[str]:
             raise BadRequest(f"{where}: its 4-byte length prefix is cut off ({len(chunk) - pos} bytes left)")
         (size,), pos = PREFIX.unpack_from(chunk, pos), pos + PREFIX.size
         if pos + size > len(chunk):
-            raise BadRequest(f"{where}: length prefix {size} is larger than the {len(chunk) - pos} bytes left")
+            raise BadRequest(
+                f"{where}: length prefix {size} is larger than the {len(chunk) - pos} bytes left"
+            )
         try:
-            out.append(chunk[pos:pos + size].decode("utf-8"))
+            out.append(chunk[pos : pos + size].decode("utf-8"))
         except UnicodeDecodeError as e:
             raise BadRequest(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
         pos += size
@@ -120,12 +126,21 @@ def _inputs(header: dict, binary: bytes | None) -> list[dict]:
             data = spec["data"]
         else:
             if pos + size > len(binary):
-                raise BadRequest(f"input {name!r}: binary_data_size {size} but only {len(binary) - pos} bytes "
-                                 f"of binary data are left in the body")
-            chunk, pos = binary[pos:pos + size], pos + size
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {size} but only {len(binary) - pos} bytes "
+                    f"of binary data are left in the body"
+                )
+            chunk, pos = binary[pos : pos + size], pos + size
             data = bytes_elements(chunk, name) if spec["datatype"] == "BYTES" else chunk
-        out.append({"name": name, "shape": spec["shape"], "datatype": spec["datatype"],
-                    "parameters": spec.get("parameters") or {}, "data": data})
+        out.append(
+            {
+                "name": name,
+                "shape": spec["shape"],
+                "datatype": spec["datatype"],
+                "parameters": spec.get("parameters") or {},
+                "data": data,
+            }
+        )
     if binary is not None and pos != len(binary):
         raise BadRequest(f"the inputs declare {pos} bytes of binary data but the body carries {len(binary)}")
     return out
@@ -135,7 +150,9 @@ def _outputs(header: dict) -> list[dict] | None:
     specs = header.get("outputs")
     if specs is None:
         return None
-    if not isinstance(specs, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs):
+    if not isinstance(specs, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) for s in specs
+    ):
         raise BadRequest("'outputs' must be a list of objects with a string 'name'")
     if not all(isinstance(s.get("parameters") or {}, dict) for s in specs):
         raise BadRequest("an output's parameters must be an object")
@@ -151,7 +168,9 @@ def decode(body: bytes, header_length: str | None) -> Request:
         header, binary = _json_object(body[:size], "the JSON header"), body[size:]
     if not isinstance(header.get("id", ""), str) or not isinstance(header.get("parameters") or {}, dict):
         raise BadRequest("'id' must be a string and 'parameters' an object")
-    return Request(header.get("id"), header.get("parameters") or {}, _inputs(header, binary), _outputs(header))
+    return Request(
+        header.get("id"), header.get("parameters") or {}, _inputs(header, binary), _outputs(header)
+    )
 
 
 def _texts(name: str, dtype, shape, data, limits: dict) -> list[str]:
@@ -159,8 +178,10 @@ def _texts(name: str, dtype, shape, data, limits: dict) -> list[str]:
         raise BadRequest(f"input {name!r}: datatype must be BYTES, got {dtype!r}")
     if not isinstance(data, list) or list(shape) != [len(data)]:
         size = len(data) if isinstance(data, list) else type(data).__name__
-        raise BadRequest(f"input {name!r}: shape must be [n] for a flat list of n texts, got shape {list(shape)} "
-                         f"for data of {size}")
+        raise BadRequest(
+            f"input {name!r}: shape must be [n] for a flat list of n texts, got shape {list(shape)} "
+            f"for data of {size}"
+        )
     if not data:
         raise BadRequest(f"input {name!r}: empty batch")
     if len(data) > limits["max_texts"]:
@@ -169,8 +190,10 @@ def _texts(name: str, dtype, shape, data, limits: dict) -> list[str]:
         if problem := text_problem(value):
             raise BadRequest(f"input {name!r} element {i}: {problem}")
         if len(value) > limits["max_chars"]:
-            raise BadRequest(f"input {name!r} element {i}: {len(value)} characters, over the limit of "
-                             f"{limits['max_chars']}")
+            raise BadRequest(
+                f"input {name!r} element {i}: {len(value)} characters, over the limit of "
+                f"{limits['max_chars']}"
+            )
     return data
 
 

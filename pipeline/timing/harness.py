@@ -2,6 +2,7 @@
 fixed shapes, warm-up, a loop bounded by count and time, percentiles, one backend at a time, and
 OpenVINO's own benchmark_app on the same IR and shape as a cross-check.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 BASELINE = {"model": "teacher", "backend": "torch-fp32"}  # every speed is also a ratio to this
-GAP = 0.15       # benchmark_app vs our harness: a larger relative gap is reported
+GAP = 0.15  # benchmark_app vs our harness: a larger relative gap is reported
 UNSTABLE = 0.15  # timing rounds of one cell that disagree by more are flagged
 
 
@@ -25,8 +26,11 @@ def synthetic_feed(batch: int, seq: int, vocab: int, seed: int) -> dict:
     low = 1000 if vocab > 2000 else 5  # skip BERT's special and unused ids where the vocab allows it
     ids = rng.integers(low, vocab, (batch, seq), dtype=np.int64)
     ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP] in BERT vocabularies
-    return {"input_ids": ids, "attention_mask": np.ones((batch, seq), np.int64),
-            "token_type_ids": np.zeros((batch, seq), np.int64)}
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones((batch, seq), np.int64),
+        "token_type_ids": np.zeros((batch, seq), np.int64),
+    }
 
 
 def time_loop(fn, warmup: int, min_iters: int, max_seconds: float, max_iters: int = 10_000) -> list[float]:
@@ -43,14 +47,19 @@ def time_loop(fn, warmup: int, min_iters: int, max_seconds: float, max_iters: in
 
 def summarize(latencies: list[float], batch: int) -> dict:
     ms = np.asarray(latencies) * 1000
-    return {"iterations": len(ms), "latency_ms_p50": round(float(np.percentile(ms, 50)), 3),
-            "latency_ms_p90": round(float(np.percentile(ms, 90)), 3),
-            "latency_ms_p99": round(float(np.percentile(ms, 99)), 3), "latency_ms_mean": round(float(ms.mean()), 3),
-            "throughput_seq_per_s": round(float(batch * len(ms) / (ms.sum() / 1000)), 2)}
+    return {
+        "iterations": len(ms),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 3),
+        "latency_ms_p90": round(float(np.percentile(ms, 90)), 3),
+        "latency_ms_p99": round(float(np.percentile(ms, 99)), 3),
+        "latency_ms_mean": round(float(ms.mean()), 3),
+        "throughput_seq_per_s": round(float(batch * len(ms) / (ms.sum() / 1000)), 2),
+    }
 
 
-def async_streams(compiled, feed: dict, streams: int, warmup: int, min_iters: int, max_seconds: float,
-                  batch: int) -> dict:
+def async_streams(
+    compiled, feed: dict, streams: int, warmup: int, min_iters: int, max_seconds: float, batch: int
+) -> dict:
     """OpenVINO throughput mode: `streams` requests in flight; latency per request, throughput overall."""
     import openvino as ov
 
@@ -83,12 +92,35 @@ def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, s
     {"error": why, "command": ...}, which bench records in its crosscheck rows and the report shows;
     a cross-check must not cost the timings it checks."""
     shape = ",".join(f"{n}[{batch},{seq}]" for n in ("input_ids", "attention_mask", "token_type_ids"))
-    props = {k: v for k, v in config.items() if k not in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")}
+    props = {
+        k: v
+        for k, v in config.items()
+        if k not in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT")
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"CPU": props}, f)
     exe = Path(sys.executable).with_name("benchmark_app")
-    cmd = [str(exe), "-m", str(xml), "-d", "CPU", "-api", "sync", "-hint", "none", "-nstreams", "1",
-           "-nthreads", str(threads), "-t", str(seconds), "-data_shape", shape, "-load_config", f.name]
+    cmd = [
+        str(exe),
+        "-m",
+        str(xml),
+        "-d",
+        "CPU",
+        "-api",
+        "sync",
+        "-hint",
+        "none",
+        "-nstreams",
+        "1",
+        "-nthreads",
+        str(threads),
+        "-t",
+        str(seconds),
+        "-data_shape",
+        shape,
+        "-load_config",
+        f.name,
+    ]
     failed = {"command": " ".join(cmd[1:])}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
@@ -105,8 +137,12 @@ def benchmark_app(xml: Path, config: dict, batch: int, seq: int, threads: int, s
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return {"error": f"benchmark_app exited {proc.returncode} without a throughput: {last[0]}", **failed}
     median = re.search(r"Median:\s*([\d.]+)\s*ms", proc.stdout)
-    return {"fps": float(fps.group(1)), "seq_per_s": round(float(fps.group(1)) * batch, 2),
-            "latency_ms_median": float(median.group(1)) if median else None, "command": " ".join(cmd[1:])}
+    return {
+        "fps": float(fps.group(1)),
+        "seq_per_s": round(float(fps.group(1)) * batch, 2),
+        "latency_ms_median": float(median.group(1)) if median else None,
+        "command": " ".join(cmd[1:]),
+    }
 
 
 def settled(latencies: list[float]) -> bool:
@@ -122,4 +158,8 @@ def stability(rounds: list[list[float]]) -> dict:
     medians = [float(np.median(r)) * 1000 for r in rounds]
     spread = max(medians) / min(medians)
     unstable = spread > 1 + UNSTABLE or (len(rounds) == 1 and not settled(rounds[0]))
-    return {"round_p50_ms": [round(m, 3) for m in medians], "rounds_run": len(rounds), "unstable": bool(unstable)}
+    return {
+        "round_p50_ms": [round(m, 3) for m in medians],
+        "rounds_run": len(rounds),
+        "unstable": bool(unstable),
+    }

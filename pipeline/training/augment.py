@@ -8,6 +8,7 @@ the same reason. Here each copy replaces every ordinary token with probability `
 the mask token and half by a token drawn from the split's own tokens; special tokens, lengths and
 segment ids stay. Copies have no true label, so the schema refuses hard-label CE with them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,12 +38,18 @@ def augment(ds: Tokens, copies: int, prob: float, seed: int, mask_id: int, speci
     out = ds.subset(np.tile(np.arange(len(ds)), copies + 1))
     n = len(ds.ids)
     for c in range(1, copies + 1):
-        out.ids[c * n:(c + 1) * n] = perturb(ds.ids, ordinary, prob, mask_id, rng)
+        out.ids[c * n : (c + 1) * n] = perturb(ds.ids, ordinary, prob, mask_id, rng)
     return out
 
 
 def training_rows(p: dict, train: Tokens, tokenizer) -> tuple[Tokens, dict]:
     """prune's training rows with `augment_copies` perturbed copies, and what metrics record of them."""
-    rows = augment(train, p["augment_copies"], p["augment_prob"], p["seed"], tokenizer.mask_token_id,
-                   tokenizer.all_special_ids)
+    rows = augment(
+        train,
+        p["augment_copies"],
+        p["augment_prob"],
+        p["seed"],
+        tokenizer.mask_token_id,
+        tokenizer.all_special_ids,
+    )
     return rows, {"copies": p["augment_copies"], "prob": p["augment_prob"], "train_rows": len(rows)}

@@ -1,6 +1,7 @@
 """Resumable training: a checkpoint holds model, optimizer, scheduler, step, RNG and any extra state
 (the pruner's). It is reused only when its fingerprint (params, data bytes, training code) matches
 the run asking for it, and removed once the stage's output is in place."""
+
 from __future__ import annotations
 
 import os

@@ -7,6 +7,7 @@ process group (gloo on CPUs, NCCL on GPUs) and wraps the model in DDP. `batch_si
 batch: every step, each rank takes its share of one length-grouped batch, so a recipe's step count,
 its learning-rate schedule and INC's pruning steps are the same at any number of processes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,9 +28,9 @@ class PrecisionError(ValueError):
 
 @dataclass(frozen=True)
 class Placement:
-    device: str          # cpu | cuda: what runs
-    precision: str       # fp32 | bf16 | fp16: what runs
-    asked: str           # "<device>/<precision>" as the params asked
+    device: str  # cpu | cuda: what runs
+    precision: str  # fp32 | bf16 | fp16: what runs
+    asked: str  # "<device>/<precision>" as the params asked
     fallback: str | None  # why what runs differs from what was asked (only with allow_fallback)
 
     def record(self) -> dict:
@@ -49,8 +50,11 @@ def _cpu_problem(precision: str, isa) -> tuple[str, str] | None:
     if precision == "fp16":
         return "fp16 mixed precision is a GPU feature; CPUs train in fp32 or bf16", "precision"
     if precision == "bf16" and not any(f in isa for f in BF16_FLAGS):
-        return (f"bf16 needs a CPU with one of {', '.join(BF16_FLAGS)}; this one ({cpu_info()['cpu']}) has "
-                f"{', '.join(isa) or 'none of them'}", "precision")
+        return (
+            f"bf16 needs a CPU with one of {', '.join(BF16_FLAGS)}; this one ({cpu_info()['cpu']}) has "
+            f"{', '.join(isa) or 'none of them'}",
+            "precision",
+        )
     return None
 
 
@@ -63,14 +67,19 @@ def resolve(p: dict, isa=None, cuda: bool | None = None) -> Placement:
     dev, prec, why = p["device"], p["precision"], []
     if dev == "auto":
         dev = "cuda" if cuda else "cpu"
-    for check in (lambda: dev == "cuda" and _cuda_problem(prec, cuda), lambda: dev == "cpu" and _cpu_problem(prec, isa)):
+    for check in (
+        lambda: dev == "cuda" and _cuda_problem(prec, cuda),
+        lambda: dev == "cpu" and _cpu_problem(prec, isa),
+    ):
         if not (found := check()):
             continue
         problem, key = found
         if not p["allow_fallback"]:
             fix = "device: cpu" if key == "device" else "precision: fp32"
-            raise PrecisionError(f"device: {p['device']}, precision: {p['precision']}: {problem}; set {fix} "
-                                 "(or allow_fallback: true to run what this machine has, recorded in the metrics)")
+            raise PrecisionError(
+                f"device: {p['device']}, precision: {p['precision']}: {problem}; set {fix} "
+                "(or allow_fallback: true to run what this machine has, recorded in the metrics)"
+            )
         why.append(problem)
         dev, prec = ("cpu", prec) if key == "device" else (dev, "fp32")
     return Placement(dev, prec, f"{p['device']}/{p['precision']}", "; ".join(why) or None)
@@ -88,9 +97,13 @@ def accelerator(placement: Placement):
     group = torch.distributed.is_available() and torch.distributed.is_initialized()
     AcceleratorState._reset_state(reset_partial_state=not group)
     acc = Accelerator(cpu=placement.device == "cpu", mixed_precision=MIXED[placement.precision])
-    if acc.device.type != placement.device:  # e.g. `accelerate launch --cpu` (ACCELERATE_USE_CPU) with device: cuda
-        raise PrecisionError(f"device: {placement.device} was asked for, but the launcher placed this process on "
-                             f"{acc.device.type}; drop the launcher's --cpu or set device: cpu")
+    if (
+        acc.device.type != placement.device
+    ):  # e.g. `accelerate launch --cpu` (ACCELERATE_USE_CPU) with device: cuda
+        raise PrecisionError(
+            f"device: {placement.device} was asked for, but the launcher placed this process on "
+            f"{acc.device.type}; drop the launcher's --cpu or set device: cpu"
+        )
     return acc
 
 
@@ -124,8 +137,10 @@ def shard(idx, rank: int, world: int):
 
 def check_world(batch_size: int, world: int, key: str) -> None:
     if batch_size % world:
-        raise PrecisionError(f"{key} = {batch_size} is the global batch and must divide evenly among the "
-                             f"{world} processes; use a multiple of {world}")
+        raise PrecisionError(
+            f"{key} = {batch_size} is the global batch and must divide evenly among the "
+            f"{world} processes; use a multiple of {world}"
+        )
 
 
 def masks_digest(masks: dict) -> str:
@@ -152,7 +167,9 @@ def check_in_sync(acc, masks: dict, step: int) -> str:
 
     got = gather_object([digest])
     if len(set(got)) > 1:
-        raise MaskSyncError(f"pruning masks differ between ranks after the mask update at step {step}: "
-                            + ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(got))
-                            + "; the ranks no longer train the same model")
+        raise MaskSyncError(
+            f"pruning masks differ between ranks after the mask update at step {step}: "
+            + ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(got))
+            + "; the ranks no longer train the same model"
+        )
     return digest

@@ -7,6 +7,7 @@ The layer map lets a student with fewer layers learn from chosen teacher layers 
 the embedding output, so index i is the output of layer i; the attention term pairs layer i-1 with
 the teacher's t-1 for every (i, t) with i >= 1). Padded positions never count.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,16 +38,23 @@ def kd_loss(student_logits, teacher_logits, temperature: float, regression: bool
     if regression:  # no distribution to match: regress onto the teacher's score
         return F.mse_loss(student_logits, teacher_logits)
     t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.softmax(teacher_logits / t, -1),
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / t, -1), F.softmax(teacher_logits / t, -1), reduction="batchmean"
+        )
+        * t
+        * t
+    )
 
 
 def hidden_loss(student_hidden, teacher_hidden, mapping, attention_mask) -> torch.Tensor:
     """MSE between mapped hidden states over real (unpadded) tokens only."""
     mask = attention_mask.unsqueeze(-1).float()
     denom = mask.sum() * student_hidden[0].shape[-1]
-    total = sum(((student_hidden[s].float() - teacher_hidden[t].float()) ** 2 * mask).sum() / denom
-                for s, t in mapping)
+    total = sum(
+        ((student_hidden[s].float() - teacher_hidden[t].float()) ** 2 * mask).sum() / denom
+        for s, t in mapping
+    )
     return total / len(mapping)
 
 
@@ -66,27 +74,48 @@ def attention_loss(student_qk, teacher_qk, pairs, attention_mask, heads: int) ->
     valid = (m[:, None, :, None] & m[:, None, None, :]).expand(-1, heads, -1, -1)
     total = 0.0
     for s, t in pairs:
-        diff = attention_scores(*student_qk[s], heads).float() - attention_scores(*teacher_qk[t], heads).float()
-        total = total + (diff ** 2)[valid].mean()
+        diff = (
+            attention_scores(*student_qk[s], heads).float() - attention_scores(*teacher_qk[t], heads).float()
+        )
+        total = total + (diff**2)[valid].mean()
     return total / len(pairs)
 
 
-def distill_loss(student_out, teacher_out, labels, attention_mask, *, weights: dict, temperature: float, mapping,
-                 regression: bool, student_qk=None, teacher_qk=None, heads: int = 0) -> tuple[torch.Tensor, dict]:
+def distill_loss(
+    student_out,
+    teacher_out,
+    labels,
+    attention_mask,
+    *,
+    weights: dict,
+    temperature: float,
+    mapping,
+    regression: bool,
+    student_qk=None,
+    teacher_qk=None,
+    heads: int = 0,
+) -> tuple[torch.Tensor, dict]:
     """Weighted sum of the terms whose weight is non-zero; returns (loss, each term's value)."""
     parts = {}
     if weights.get("ce"):
         logits = student_out.logits.float()
-        parts["ce"] = F.mse_loss(logits.squeeze(-1), labels.float()) if regression else F.cross_entropy(logits, labels)
+        parts["ce"] = (
+            F.mse_loss(logits.squeeze(-1), labels.float()) if regression else F.cross_entropy(logits, labels)
+        )
     if weights.get("kd"):
         parts["kd"] = kd_loss(student_out.logits, teacher_out.logits, temperature, regression)
     if weights.get("hidden"):
-        parts["hidden"] = hidden_loss(student_out.hidden_states, teacher_out.hidden_states, mapping, attention_mask)
+        parts["hidden"] = hidden_loss(
+            student_out.hidden_states, teacher_out.hidden_states, mapping, attention_mask
+        )
     if weights.get("last_hidden"):
         last = [(mapping[-1][0], mapping[-1][1])]
-        parts["last_hidden"] = hidden_loss(student_out.hidden_states, teacher_out.hidden_states, last,
-                                           attention_mask)
+        parts["last_hidden"] = hidden_loss(
+            student_out.hidden_states, teacher_out.hidden_states, last, attention_mask
+        )
     if weights.get("attention"):
-        parts["attention"] = attention_loss(student_qk, teacher_qk, attention_pairs(mapping), attention_mask, heads)
+        parts["attention"] = attention_loss(
+            student_qk, teacher_qk, attention_pairs(mapping), attention_mask, heads
+        )
     loss = sum(weights[k] * v for k, v in parts.items())
     return loss, {k: round(v.item(), 5) for k, v in parts.items()}

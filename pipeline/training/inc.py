@@ -5,6 +5,7 @@ prepare_pruning + model_slim_*). It hooks the model's forward (mask updates) and
 step (scores, masking); this adapter builds its config from params, carries its state through
 checkpoints and undoes its global side effects.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,13 @@ from pipeline.core.registry import CRITERIA
 from pipeline.training.schedule import step_range
 
 # Pruner attributes that make up its progress; saved in checkpoints so a killed run resumes.
-_SCALARS = ("global_step", "handled_global_step", "completed_pruned_cnt", "current_sparsity_ratio",
-            "init_sparsity_ratio")
+_SCALARS = (
+    "global_step",
+    "handled_global_step",
+    "completed_pruned_cnt",
+    "current_sparsity_ratio",
+    "init_sparsity_ratio",
+)
 _TENSOR_DICTS = ("masks", "head_masks", "mha_scores")
 
 
@@ -44,7 +50,9 @@ def register_movement() -> None:
             super().__init__(modules, config, pattern)
             for key, mod in modules.items():
                 zeros = torch.zeros_like(mod.weight, dtype=torch.float32)  # on the weight's device
-                self.scores[key] = pattern.reduce_score(zeros, key) if hasattr(pattern, "reduce_score") else zeros
+                self.scores[key] = (
+                    pattern.reduce_score(zeros, key) if hasattr(pattern, "reduce_score") else zeros
+                )
 
         def on_before_optimizer_step(self):
             with torch.no_grad():
@@ -77,13 +85,18 @@ def register_cubic() -> None:
     class CubicScheduler(base):
         kasp_cubic = True
 
-        def update_sparsity_ratio(self, target_ratio, current_prune_step, total_prune_steps, masks,
-                                  init_sparsity_ratio=0.0):
+        def update_sparsity_ratio(
+            self, target_ratio, current_prune_step, total_prune_steps, masks, init_sparsity_ratio=0.0
+        ):
             if self.config.sparsity_decay_type != "cubic":
-                return super().update_sparsity_ratio(target_ratio, current_prune_step, total_prune_steps, masks,
-                                                     init_sparsity_ratio)
+                return super().update_sparsity_ratio(
+                    target_ratio, current_prune_step, total_prune_steps, masks, init_sparsity_ratio
+                )
             capped = min(self.config.max_sparsity_ratio_per_op, target_ratio)
-            return min(target_ratio, cubic_sparsity(capped, current_prune_step, total_prune_steps, init_sparsity_ratio))
+            return min(
+                target_ratio,
+                cubic_sparsity(capped, current_prune_step, total_prune_steps, init_sparsity_ratio),
+            )
 
 
 KASP_CRITERIA = {"movement": register_movement}  # pipeline.core.registry.CRITERIA's "kasp" entries
@@ -95,17 +108,38 @@ def pruning_configs(model, p: dict, total_steps: int, structure: dict | None = N
     from neural_compressor.compression.pruner import parse_auto_slim_config
 
     start, end, freq = step_range(p, total_steps)
-    common = {"pruning_type": p["pruning_type"], "pruning_scope": p["scope"], "start_step": start,
-              "end_step": end, "pruning_frequency": freq, "sparsity_decay_type": p["decay"],
-              "excluded_op_names": list(p["excluded"]), "max_sparsity_ratio_per_op": 0.99}
-    if structure is not None:  # every layer to the plan's shape: under global scope INC took all heads of a layer
-        return parse_auto_slim_config(model, ffn2_sparsity=structure["ffn_sparsity"],
-                                      mha_sparsity=structure["mha_sparsity"], **{**common, "pruning_scope": "local"})
+    common = {
+        "pruning_type": p["pruning_type"],
+        "pruning_scope": p["scope"],
+        "start_step": start,
+        "end_step": end,
+        "pruning_frequency": freq,
+        "sparsity_decay_type": p["decay"],
+        "excluded_op_names": list(p["excluded"]),
+        "max_sparsity_ratio_per_op": 0.99,
+    }
+    if (
+        structure is not None
+    ):  # every layer to the plan's shape: under global scope INC took all heads of a layer
+        return parse_auto_slim_config(
+            model,
+            ffn2_sparsity=structure["ffn_sparsity"],
+            mha_sparsity=structure["mha_sparsity"],
+            **{**common, "pruning_scope": "local"},
+        )
     if p["pattern"] == "channelx1":
         # FFN second Linear by input channel + whole attention heads: both can be sliced away afterwards.
-        return parse_auto_slim_config(model, ffn2_sparsity=p["target_sparsity"], mha_sparsity=p["target_sparsity"],
-                                      **common)
-    return [{"op_names": [".*encoder.*"], "pattern": p["pattern"], "target_sparsity": p["target_sparsity"], **common}]
+        return parse_auto_slim_config(
+            model, ffn2_sparsity=p["target_sparsity"], mha_sparsity=p["target_sparsity"], **common
+        )
+    return [
+        {
+            "op_names": [".*encoder.*"],
+            "pattern": p["pattern"],
+            "target_sparsity": p["target_sparsity"],
+            **common,
+        }
+    ]
 
 
 @contextlib.contextmanager
@@ -147,9 +181,11 @@ class Pruner:
         torch.save = orig_save  # prepare_pruning monkeypatches torch.save process-wide
         blind = [i for i, pr in enumerate(self.pruning.pruners) if getattr(pr, "mha_modules", None) == []]
         if blind:  # INC only warns; a head target would then go unmet after the whole run
-            raise RuntimeError(f"INC's attention-head pruner found no attention blocks to prune in "
-                               f"{type(model).__name__} (pruners {blind}): head pruning needs a BERT-style "
-                               "self-attention with query, key and value Linear layers on one input")
+            raise RuntimeError(
+                f"INC's attention-head pruner found no attention blocks to prune in "
+                f"{type(model).__name__} (pruners {blind}): head pruning needs a BERT-style "
+                "self-attention with query, key and value Linear layers on one input"
+            )
         self.pruning.on_train_begin()
         self.end_step = step_range(p, total_steps)[1]
         if on_update is not None:
@@ -157,9 +193,14 @@ class Pruner:
 
     def masks(self) -> dict:
         """Every pruner's masks by name (weight masks; head masks for INC's attention-head pruner)."""
-        return {f"{i}.{kind}.{name}": m for i, pr in enumerate(self.pruning.pruners)
-                for kind in ("masks", "head_masks") if isinstance(getattr(pr, kind, None), dict)
-                for name, m in getattr(pr, kind).items() if torch.is_tensor(m)}
+        return {
+            f"{i}.{kind}.{name}": m
+            for i, pr in enumerate(self.pruning.pruners)
+            for kind in ("masks", "head_masks")
+            if isinstance(getattr(pr, kind, None), dict)
+            for name, m in getattr(pr, kind).items()
+            if torch.is_tensor(m)
+        }
 
     def _after_updates(self, on_update) -> None:
         """Wrap INC's optimizer step: a change of its completed-update count means the masks were
@@ -195,7 +236,9 @@ class Pruner:
     def load_state_dict(self, state: dict) -> None:
         for pr, s in zip(self.pruning.pruners, state["pruners"]):
             for k, v in s.items():
-                if k == "scores" or k in _TENSOR_DICTS:  # checkpoints load on the CPU; back to each tensor's device
+                if (
+                    k == "scores" or k in _TENSOR_DICTS
+                ):  # checkpoints load on the CPU; back to each tensor's device
                     into = pr.criterion.scores if k == "scores" else getattr(pr, k)
                     into.update({n: t.to(into[n].device) if n in into else t for n, t in v.items()})
                 else:

@@ -11,6 +11,7 @@ Weights are random (speed does not depend on their values); each model goes the 
 torch.onnx.export, then OpenVINO IR with NNCF INT8 (`ov-int8`) or onnxruntime dynamic INT8 (`ort-int8`).
 Tables are cached per CPU, runtime version, backend, shapes, threads and base model shape.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,13 @@ def cache_dir() -> Path:
 
 def base_shape(config) -> dict:
     """What of the base model a table depends on."""
-    return {"hidden": config.hidden_size, "layers": config.num_hidden_layers, "heads": config.num_attention_heads,
-            "ffn": config.intermediate_size, "vocab": config.vocab_size}
+    return {
+        "hidden": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "heads": config.num_attention_heads,
+        "ffn": config.intermediate_size,
+        "vocab": config.vocab_size,
+    }
 
 
 def grid(base: dict) -> dict:
@@ -48,9 +54,16 @@ def table_key(base: dict, backend: str, shapes: list[list[int]], threads: int) -
     from importlib import metadata
 
     cpu = cpu_info()
-    return {"cpu": cpu["cpu"], "isa": cpu["isa"], "backend": backend,
-            "runtime": f"{RUNTIMES[backend]}=={metadata.version(RUNTIMES[backend])}",
-            "shapes": [list(s) for s in shapes], "threads": threads, "base": base, "grid": grid(base)}
+    return {
+        "cpu": cpu["cpu"],
+        "isa": cpu["isa"],
+        "backend": backend,
+        "runtime": f"{RUNTIMES[backend]}=={metadata.version(RUNTIMES[backend])}",
+        "shapes": [list(s) for s in shapes],
+        "threads": threads,
+        "base": base,
+        "grid": grid(base),
+    }
 
 
 def key_digest(key: dict) -> str:
@@ -89,8 +102,15 @@ class _Compiled:
         calib = [synthetic_feed(1, 32, vocab, s) for s in range(4)]
         xml = onnx_path.with_name("int8.xml")
         dov.save(dov.quantize_int8(dov.convert(onnx_path), calib, len(calib)), xml)
-        compiled = dov.compile_model(xml, {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-                                           "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(self.threads)})
+        compiled = dov.compile_model(
+            xml,
+            {
+                "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+                "NUM_STREAMS": "1",
+                "INFERENCE_NUM_THREADS": str(self.threads),
+            },
+        )
         request = compiled.create_infer_request()
         return lambda feed: request.infer(feed, share_inputs=True)
 
@@ -112,7 +132,7 @@ def time_all(runners: list, feeds: dict, progress=print) -> list[dict]:
 
     medians = [{name: [] for name in feeds} for _ in runners]
     for k in range(ROUNDS):
-        order = list(range(len(runners)))[::1 if k % 2 == 0 else -1]
+        order = list(range(len(runners)))[:: 1 if k % 2 == 0 else -1]
         for i in order:
             for name, feed in feeds.items():
                 lat = sorted(time_loop(lambda: runners[i](feed), warmup=2, min_iters=5, max_seconds=0.25))
@@ -126,8 +146,11 @@ def plan_rows(base: dict) -> list[dict]:
     g, n, f = grid(base), base["heads"], base["ffn"]
     rows = [{"layers": GRID_LAYERS, "heads": h, "ffn": w} for h in g["heads"] for w in g["ffn"]]
     rows += [{"layers": 1, "heads": h, "ffn": w} for h, w in ((n, f), (max(1, n // 2), f // 2), (1, f // 12))]
-    checks = [(base["layers"], n, f), (GRID_LAYERS + 1, max(1, n // 4), f // 4),
-              (max(1, base["layers"] - 1), max(1, n // 6), f // 6)]
+    checks = [
+        (base["layers"], n, f),
+        (GRID_LAYERS + 1, max(1, n // 4), f // 4),
+        (max(1, base["layers"] - 1), max(1, n // 6), f // 6),
+    ]
     return rows + [{"layers": lay, "heads": h, "ffn": w, "check": True} for lay, h, w in checks]
 
 
@@ -146,9 +169,13 @@ def measure(config, backend: str, shapes: list[list[int]], threads: int, progres
         runners = []
         for i, row in enumerate(todo):
             shape = [{"heads": row["heads"], "ffn": row["ffn"]}] * row["layers"]
-            runners.append(_Compiled(backend, threads, Path(work) / str(i)).build(config, shape, base["vocab"]))
-            progress(f"[latency] built {i + 1}/{len(todo)}: {row['layers']} layers x {row['heads']} heads x "
-                     f"FFN {row['ffn']}")
+            runners.append(
+                _Compiled(backend, threads, Path(work) / str(i)).build(config, shape, base["vocab"])
+            )
+            progress(
+                f"[latency] built {i + 1}/{len(todo)}: {row['layers']} layers x {row['heads']} heads x "
+                f"FFN {row['ffn']}"
+            )
         feeds = {f"b{b}xs{s}": synthetic_feed(b, s, base["vocab"], 0) for b, s in shapes}
         times = time_all(runners, feeds, progress)
     rows = [{**row, "ms": ms} for row, ms in zip(todo, times)]
@@ -163,8 +190,10 @@ def load_or_measure(config, backend: str, shapes: list[list[int]], threads: int,
         table = json.loads(path.read_text())
         if table.get("key") == key:
             return {**table, "cached": str(path)}
-    progress(f"[latency] no table for {key['cpu']} / {key['runtime']} / {backend} at {shapes}: timing "
-             f"{len(plan_rows(key['base']))} random-weight models (cached in {path})")
+    progress(
+        f"[latency] no table for {key['cpu']} / {key['runtime']} / {backend} at {shapes}: timing "
+        f"{len(plan_rows(key['base']))} random-weight models (cached in {path})"
+    )
     table = measure(config, backend, shapes, threads, progress)
     _cache(path, table)
     return {**table, "cached": None}

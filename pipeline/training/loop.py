@@ -2,6 +2,7 @@
 evaluation, best-epoch keeping, resumable checkpoints (pipeline.training.checkpoint) and training
 curves for `dvc plots` (dvclive). Device, mixed precision and data parallelism come from an
 Accelerate handle (pipeline.training.device); with several processes, rank 0 alone writes."""
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,20 @@ from pipeline.training.schedule import lr_lambda
 
 BEST = "best.safetensors"
 # What fit() reports about training that a stage's metrics keep.
-TRAIN_KEYS = ("history", "steps", "resumed_from_step", "train_samples_per_s", "train_tokens_per_s",
-              "padding_efficiency", "train_time_s", "train_device", "train_precision", "train_asked",
-              "train_fallback", "world_size")
+TRAIN_KEYS = (
+    "history",
+    "steps",
+    "resumed_from_step",
+    "train_samples_per_s",
+    "train_tokens_per_s",
+    "padding_efficiency",
+    "train_time_s",
+    "train_device",
+    "train_precision",
+    "train_asked",
+    "train_fallback",
+    "world_size",
+)
 PHASES = ("forward_loss", "backward", "optimizer_inc")  # a step's parts, as train_step times them
 
 
@@ -37,9 +49,14 @@ def length_grouped_batches(lengths, batch_size: int, seed: int, group: bool = Tr
     order = rng.permutation(len(lengths))
     if group:
         win = batch_size * mega
-        order = np.concatenate([sorted(order[i:i + win], key=lambda j: -lengths[j])
-                                for i in range(0, len(order), win)]) if len(order) else order
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = (
+            np.concatenate(
+                [sorted(order[i : i + win], key=lambda j: -lengths[j]) for i in range(0, len(order), win)]
+            )
+            if len(order)
+            else order
+        )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if group and len(batches) > 1:
         first = max(range(len(batches)), key=lambda b: lengths[batches[b]].max())
         rest = [batches[b] for b in rng.permutation(len(batches)) if b != first]
@@ -59,7 +76,7 @@ def predict(model, ds: Tokens, batch_size: int, acc=None) -> np.ndarray:
     order = np.argsort(-ds.lengths, kind="stable")
     out = np.zeros((len(ds), model.config.num_labels), np.float32)
     for i in range(rank * batch_size, len(order), batch_size * world):
-        idx = order[i:i + batch_size]
+        idx = order[i : i + batch_size]
         b = ds.batch(idx)
         b.pop("labels")
         out[idx] = model(**{k: v.to(device) for k, v in b.items()}).logits.float().cpu().numpy()
@@ -68,7 +85,7 @@ def predict(model, ds: Tokens, batch_size: int, acc=None) -> np.ndarray:
 
         for r, part in enumerate(gather_object([out])):
             for i in range(r * batch_size, len(order), batch_size * world):
-                out[order[i:i + batch_size]] = part[order[i:i + batch_size]]
+                out[order[i : i + batch_size]] = part[order[i : i + batch_size]]
     return out
 
 
@@ -86,8 +103,11 @@ def make_optimizer(model, p: dict, total_steps: int, schedule=None):
             (no_decay if param.ndim < 2 else decay).append(param)  # biases and LayerNorm: no decay
     # fused: one kernel over all parameters; on 2 CPU cores it is ~5x faster than the per-tensor loop
     # (MiniLM's 22M parameters: 16 against 76 ms a step), the same update up to float rounding.
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": p["weight_decay"]},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=p["learning_rate"], fused=True)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": p["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=p["learning_rate"],
+        fused=True,
+    )
     fn = (schedule or (lambda total: lr_lambda(p, total, pruning=False)))(total_steps)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, fn)
 
@@ -99,26 +119,44 @@ def selection_sets(p: dict, train: Tokens, carve: bool = False) -> tuple[Tokens,
     if p["selection"] == "last" and not carve:
         return train, None, {"selection": "last"}
     rest, held = split_off(train, p["selection_split"], p["seed"])
-    return rest, held, {"selection": p["selection"], "selection_split_size": len(held), "selection_seed": p["seed"],
-                        "train_rows_used": len(rest)}
+    return (
+        rest,
+        held,
+        {
+            "selection": p["selection"],
+            "selection_split_size": len(held),
+            "selection_seed": p["seed"],
+            "train_rows_used": len(rest),
+        },
+    )
 
 
 @dataclass
 class Progress:
     """What a checkpoint carries besides the model, optimizer, scheduler and extra state."""
+
     step: int = 0
     history: list = field(default_factory=list)
     best: dict | None = None
-    timing: dict = field(default_factory=lambda: {"train_s": 0.0, "samples": 0, "tokens": 0, "padded_tokens": 0,
-                                                  "epoch_loss": 0.0, "epoch_steps": 0})
+    timing: dict = field(
+        default_factory=lambda: {
+            "train_s": 0.0,
+            "samples": 0,
+            "tokens": 0,
+            "padded_tokens": 0,
+            "epoch_loss": 0.0,
+            "epoch_steps": 0,
+        }
+    )
 
 
 def dvclive_logger(stage: str, resumed: bool, root: Path):
     """Step-wise training curves in root/dvclive/<stage> (beside metrics/); returns (log(step, dict), close())."""
     from dvclive import Live
 
-    live = Live(dir=str(Path(root) / "dvclive" / stage), resume=resumed, save_dvc_exp=False, dvcyaml=None,
-                report=None)
+    live = Live(
+        dir=str(Path(root) / "dvclive" / stage), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None
+    )
 
     def log(step: int, values: dict) -> None:
         live.step = step
@@ -151,8 +189,18 @@ def _resume(ckpt_dir: Path, fp: str, acc, parts: tuple, message: str) -> tuple[d
     return state, pr
 
 
-def train_step(model, train: Tokens, idx, loss_fn, opt, sched, max_grad_norm: float, timing: dict, acc,
-               phases: dict | None = None):
+def train_step(
+    model,
+    train: Tokens,
+    idx,
+    loss_fn,
+    opt,
+    sched,
+    max_grad_norm: float,
+    timing: dict,
+    acc,
+    phases: dict | None = None,
+):
     """One step on this rank's rows `idx`; adds to `timing`, and with `phases` each phase's milliseconds
     (step_profile). Gradients are averaged over ranks in backward (DDP) and unscaled (fp16) before the
     clip, so INC's optimizer-step hook scores the same gradients on every rank."""
@@ -195,10 +243,19 @@ def _summary(pr: Progress, total: int, resumed_from: int, extra, acc, placement)
     if acc.num_processes > 1:
         counts = acc.reduce(torch.tensor(counts, dtype=torch.float64, device=acc.device), "sum").tolist()
     samples, tokens, padded = counts
-    return {"history": pr.history, "best": pr.best, "steps": total, "resumed_from_step": resumed_from,
-            "train_time_s": round(tm["train_s"], 2), "train_samples_per_s": round(samples / tt, 2),
-            "train_tokens_per_s": round(tokens / tt, 1), "padding_efficiency": round(tokens / max(padded, 1), 4),
-            "extra": extra, **placement.record(), "world_size": acc.num_processes}
+    return {
+        "history": pr.history,
+        "best": pr.best,
+        "steps": total,
+        "resumed_from_step": resumed_from,
+        "train_time_s": round(tm["train_s"], 2),
+        "train_samples_per_s": round(samples / tt, 2),
+        "train_tokens_per_s": round(tokens / tt, 1),
+        "padding_efficiency": round(tokens / max(padded, 1), 4),
+        "extra": extra,
+        **placement.record(),
+        "world_size": acc.num_processes,
+    }
 
 
 def _global(acc, loss: float, parts: dict) -> dict:
@@ -215,6 +272,7 @@ class Run:
     """Where a fit runs: the stage (progress bar, curves, messages), the run's fingerprint (a checkpoint
     resumes only the same run), the Accelerator and the placement pipeline.training.device resolved, and
     the folder dvclive/<stage> goes in (None: no curves)."""
+
     stage: str
     fp: str
     acc: object
@@ -232,13 +290,23 @@ class Hooks:
     (pruning: after Accelerate's prepare, as INC's own example does) and returns the extra-state object;
     `eligible(step)`: whether an epoch ending at that step may be selected; `schedule(total) -> lr_lambda`
     sets the learning rate (None: linear)."""
+
     prepare: Callable | None = None
     eligible: Callable[[int], bool] = _always
     schedule: Callable | None = None
 
 
-def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, run: Run, hooks: Hooks = Hooks(),
-        select_on: Tokens | None = None) -> dict:
+def fit(
+    model,
+    train: Tokens,
+    dev: Tokens,
+    meta: dict,
+    p: dict,
+    loss_fn,
+    run: Run,
+    hooks: Hooks = Hooks(),
+    select_on: Tokens | None = None,
+) -> dict:
     """Train with `loss_fn(model, batch, example_indices) -> (loss, parts)`; returns history, timing and
     the selected epoch.
 
@@ -267,18 +335,33 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, run: Ru
 
     def checkpoint():
         if main:
-            save_checkpoint(ckpt_dir, {"fingerprint": run.fp, "model": plain.state_dict(),
-                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                       "extra": extra.state_dict(), "step": pr.step, "rng": torch.get_rng_state(),
-                                       "history": pr.history, "best": pr.best, "timing": pr.timing})
+            save_checkpoint(
+                ckpt_dir,
+                {
+                    "fingerprint": run.fp,
+                    "model": plain.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "extra": extra.state_dict(),
+                    "step": pr.step,
+                    "rng": torch.get_rng_state(),
+                    "history": pr.history,
+                    "best": pr.best,
+                    "timing": pr.timing,
+                },
+            )
 
     bar = tqdm(total=total, initial=pr.step, desc=stage, disable=not (p["progress"] and main), mininterval=2)
     for epoch in range(pr.step // per_epoch, p["epochs"]):
-        batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"] + epoch, p["group_by_length"])
+        batches = length_grouped_batches(
+            train.lengths, p["batch_size"], p["seed"] + epoch, p["group_by_length"]
+        )
         model.train()
-        for idx in batches[pr.step - epoch * per_epoch:]:
+        for idx in batches[pr.step - epoch * per_epoch :]:
             mine = shard(idx, acc.process_index, acc.num_processes)
-            loss, parts = train_step(model, train, mine, loss_fn, opt, sched, p["max_grad_norm"], pr.timing, acc)
+            loss, parts = train_step(
+                model, train, mine, loss_fn, opt, sched, p["max_grad_norm"], pr.timing, acc
+            )
             pr.step += 1
             pr.timing["epoch_loss"] += loss
             pr.timing["epoch_steps"] += 1
@@ -299,14 +382,23 @@ def fit(model, train: Tokens, dev: Tokens, meta: dict, p: dict, loss_fn, run: Ru
     return _summary(pr, total, resumed_from, extra, acc, run.placement)
 
 
-def _end_epoch(model, dev, select_on, meta, p, pr: Progress, epoch: int, acc, log, eligible, ckpt_dir) -> None:
+def _end_epoch(
+    model, dev, select_on, meta, p, pr: Progress, epoch: int, acc, log, eligible, ckpt_dir
+) -> None:
     scores = evaluate(model, dev, meta, p["eval_batch_size"], acc)
     chosen = evaluate(model, select_on, meta, p["eval_batch_size"], acc) if select_on is not None else None
     mean = pr.timing["epoch_loss"] / max(pr.timing["epoch_steps"], 1)
     train_loss = _global(acc, mean, {})["train/loss"]  # the epoch's mean step loss over all ranks
     pr.timing.update(epoch_loss=0.0, epoch_steps=0)
-    pr.history.append({"epoch": epoch + 1, "step": pr.step, "train_loss": round(train_loss, 6), **scores,
-                       **({"selection": chosen} if chosen else {})})
+    pr.history.append(
+        {
+            "epoch": epoch + 1,
+            "step": pr.step,
+            "train_loss": round(train_loss, 6),
+            **scores,
+            **({"selection": chosen} if chosen else {}),
+        }
+    )
     if log:
         log(pr.step, {f"eval/{k}": v for k, v in scores.items()})
     if chosen and eligible(pr.step):

@@ -11,6 +11,7 @@ Heads and FFN keep fractions within a factor of BALANCE of each other: the slimm
 (the sweep's slim points) kept both in one proportion, and nothing measured says that a one-head layer
 with a wide FFN distils well, though it keeps more weights.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,11 +30,12 @@ class PlanError(ValueError):
 @dataclass(frozen=True)
 class CostModel:
     """Per shape name ("b32xs128"): the fixed part and the per-layer cost on the (heads x FFN) grid."""
+
     base: dict
     fixed: dict
-    heads: list   # grid head counts
-    ffns: list    # grid FFN widths
-    layer: dict   # shape -> array [len(heads), len(ffns)] of per-layer ms
+    heads: list  # grid head counts
+    ffns: list  # grid FFN widths
+    layer: dict  # shape -> array [len(heads), len(ffns)] of per-layer ms
     correction: dict | None = None  # shape -> measured / predicted for students, from timing a planned one
 
     def layer_ms(self, shape: str, heads: int, ffn: int) -> float:
@@ -60,7 +62,9 @@ def _grid_rows(rows: list[dict]) -> list[dict]:
 def _fixed(rows: list[dict], shape: str, grid_layers: int) -> float:
     """The fixed part, from each width timed at one layer and at the grid's layer count (the median)."""
     at = {(r["layers"], r["heads"], r["ffn"]): r["ms"][shape] for r in _grid_rows(rows)}
-    pairs = [(t1, at[(grid_layers, h, f)]) for (n, h, f), t1 in at.items() if n == 1 and (grid_layers, h, f) in at]
+    pairs = [
+        (t1, at[(grid_layers, h, f)]) for (n, h, f), t1 in at.items() if n == 1 and (grid_layers, h, f) in at
+    ]
     if not pairs:
         raise PlanError(f"latency table has no width timed at 1 and {grid_layers} layers at {shape}")
     return float(np.median([t1 - (tn - t1) / (grid_layers - 1) for t1, tn in pairs]))
@@ -76,7 +80,9 @@ def cost_model(table: dict) -> CostModel:
         raise PlanError(f"latency table has no {grid_layers}-layer timing for (heads, FFN) {missing[:3]}")
     shapes = sorted({s for r in rows for s in r["ms"]})
     fixed = {s: _fixed(rows, s, grid_layers) for s in shapes}
-    layer = {s: np.array([[(at[(h, f)][s] - fixed[s]) / grid_layers for f in ffns] for h in heads]) for s in shapes}
+    layer = {
+        s: np.array([[(at[(h, f)][s] - fixed[s]) / grid_layers for f in ffns] for h in heads]) for s in shapes
+    }
     return CostModel(base, fixed, heads, ffns, layer)
 
 
@@ -89,8 +95,17 @@ def checks(model: CostModel, table: dict) -> list[dict]:
         layers = [{"heads": r["heads"], "ffn": r["ffn"]}] * r["layers"]
         for s, ms in r["ms"].items():
             pred = model.predict(s, layers)
-            out.append({"layers": r["layers"], "heads": r["heads"], "ffn": r["ffn"], "shape": s,
-                        "measured_ms": ms, "predicted_ms": round(pred, 4), "error": round(pred / ms - 1, 4)})
+            out.append(
+                {
+                    "layers": r["layers"],
+                    "heads": r["heads"],
+                    "ffn": r["ffn"],
+                    "shape": s,
+                    "measured_ms": ms,
+                    "predicted_ms": round(pred, 4),
+                    "error": round(pred / ms - 1, 4),
+                }
+            )
     return out
 
 
@@ -130,15 +145,22 @@ def search(model: CostModel, targets: dict, layer_counts: list[int] | None = Non
                     fastest = (slack, n, h, f, speed)
                 rank = (n, kept_weights(base, layers))
                 if slack >= 1 and (best is None or rank > (best["layers"], best["kept_weights"])):
-                    best = {"layers": n, "heads": h, "ffn": f, "kept_weights": kept_weights(base, layers),
-                            "predicted_speedup": {s: round(v, 3) for s, v in speed.items()}}
+                    best = {
+                        "layers": n,
+                        "heads": h,
+                        "ffn": f,
+                        "kept_weights": kept_weights(base, layers),
+                        "predicted_speedup": {s: round(v, 3) for s, v in speed.items()},
+                    }
     if best is None:
         _, n, h, f, speed = fastest
         got = ", ".join(f"{v:.2f}x at {s} (asked {targets[s]})" for s, v in speed.items())
-        raise PlanError(f"no structure reaches the speed-up asked: the fastest this model allows "
-                        f"({n} layers x {h} heads x FFN {f}) is predicted at {got}; the fixed part (embeddings, "
-                        f"classifier, runtime) caps it. Lower prune.speedup / prune.latency_speedup, or use a "
-                        f"smaller base model")
+        raise PlanError(
+            f"no structure reaches the speed-up asked: the fastest this model allows "
+            f"({n} layers x {h} heads x FFN {f}) is predicted at {got}; the fixed part (embeddings, "
+            f"classifier, runtime) caps it. Lower prune.speedup / prune.latency_speedup, or use a "
+            f"smaller base model"
+        )
     best["kept_fraction"] = round(best["kept_weights"] / kept_weights(base, model.teacher_layers()), 4)
     return best
 
@@ -146,8 +168,14 @@ def search(model: CostModel, targets: dict, layer_counts: list[int] | None = Non
 def teacher_ms(table: dict) -> dict:
     """The full model's measured times per shape (the table's own check row)."""
     b = table["key"]["base"]
-    row = next((r for r in table["rows"] if r.get("check") and (r["layers"], r["heads"], r["ffn"])
-                == (b["layers"], b["heads"], b["ffn"])), None)
+    row = next(
+        (
+            r
+            for r in table["rows"]
+            if r.get("check") and (r["layers"], r["heads"], r["ffn"]) == (b["layers"], b["heads"], b["ffn"])
+        ),
+        None,
+    )
     if row is None:
         raise PlanError("latency table has no timing of the full model")
     return row["ms"]
@@ -164,13 +192,22 @@ def verified_search(model: CostModel, targets: dict, counts, time_fn, full_ms: d
         layers = [{"heads": best["heads"], "ffn": best["ffn"]}] * best["layers"]
         ms = time_fn(layers)
         measured = {s: round(full_ms[s] / ms[s], 3) for s in targets}
-        tried.append({"layers": best["layers"], "heads": best["heads"], "ffn": best["ffn"],
-                      "predicted_speedup": best["predicted_speedup"], "measured_speedup": measured})
+        tried.append(
+            {
+                "layers": best["layers"],
+                "heads": best["heads"],
+                "ffn": best["ffn"],
+                "predicted_speedup": best["predicted_speedup"],
+                "measured_speedup": measured,
+            }
+        )
         if all(measured[s] >= t for s, t in targets.items()):
             return {**best, "verified": tried}
         model = replace(model, correction={s: ms[s] / model.predict(s, layers) for s in targets})
-    raise PlanError(f"no structure met the speed targets {targets} when timed after {tries} tries: {tried}; "
-                    "lower prune.speedup / prune.latency_speedup")
+    raise PlanError(
+        f"no structure met the speed targets {targets} when timed after {tries} tries: {tried}; "
+        "lower prune.speedup / prune.latency_speedup"
+    )
 
 
 def keep_layers(n_student: int, n_teacher: int) -> list[int]:
@@ -184,9 +221,12 @@ def structure(best: dict, base: dict, layers: list[int] | None = None) -> dict:
     hair under k/n, and slimming rounds kept channels up to a multiple of 32 (FFN 256 shipped as 288 on
     MiniLM), so both targets sit just above the plan's."""
     heads_cut = (base["heads"] - best["heads"]) / base["heads"]
-    return {**best, "keep_layers": layers or keep_layers(best["layers"], base["layers"]),
-            "mha_sparsity": round(heads_cut + 1e-4, 6) if heads_cut else 0.0,
-            "ffn_sparsity": round(1 - best["ffn"] / base["ffn"] + 1e-4, 6) if best["ffn"] < base["ffn"] else 0.0}
+    return {
+        **best,
+        "keep_layers": layers or keep_layers(best["layers"], base["layers"]),
+        "mha_sparsity": round(heads_cut + 1e-4, 6) if heads_cut else 0.0,
+        "ffn_sparsity": round(1 - best["ffn"] / base["ffn"] + 1e-4, 6) if best["ffn"] < base["ffn"] else 0.0,
+    }
 
 
 def check_reached(shapes: list[dict], want: dict, round_multiplier: int = 32) -> str | None:
@@ -240,9 +280,15 @@ def for_params(p: dict, params_path: str, threads: int, acc=None) -> dict | None
         return latency.time_structure(config, p["speed_backend"], list(shapes.values()), threads, layers)
 
     best = verified_search(model, targets, counts, time_fn, teacher_ms(table))
-    return {**structure(best, model.base, p["student_layers"]), "targets": targets, "shapes": shapes,
-            "backend": p["speed_backend"], "table": {k: table[k] for k in ("key", "cached")},
-            "table_checks": checks(model, table), "cost_model": model}
+    return {
+        **structure(best, model.base, p["student_layers"]),
+        "targets": targets,
+        "shapes": shapes,
+        "backend": p["speed_backend"],
+        "table": {k: table[k] for k in ("key", "cached")},
+        "table_checks": checks(model, table),
+        "cost_model": model,
+    }
 
 
 def main(params_path: str = "params.yaml") -> dict | None:
@@ -257,14 +303,20 @@ def main(params_path: str = "params.yaml") -> dict | None:
         print("prune.speedup and prune.latency_speedup are both null: the student's structure is prune's own")
         return None
     for c in planned["table_checks"]:
-        print(f"[plan] check {c['layers']} x {c['heads']} x {c['ffn']} at {c['shape']}: measured "
-              f"{c['measured_ms']} ms, predicted {c['predicted_ms']} ms ({c['error']:+.1%})")
+        print(
+            f"[plan] check {c['layers']} x {c['heads']} x {c['ffn']} at {c['shape']}: measured "
+            f"{c['measured_ms']} ms, predicted {c['predicted_ms']} ms ({c['error']:+.1%})"
+        )
     for v in planned["verified"]:
-        print(f"[plan] timed {v['layers']} x {v['heads']} x {v['ffn']}: predicted {v['predicted_speedup']}, "
-              f"measured {v['measured_speedup']}")
-    print(f"[plan] {planned['layers']} layers {planned['keep_layers']} x {planned['heads']} heads x FFN "
-          f"{planned['ffn']}: {planned['kept_fraction']:.1%} of the encoder's weights, predicted "
-          f"{planned['predicted_speedup']} against {planned['targets']}")
+        print(
+            f"[plan] timed {v['layers']} x {v['heads']} x {v['ffn']}: predicted {v['predicted_speedup']}, "
+            f"measured {v['measured_speedup']}"
+        )
+    print(
+        f"[plan] {planned['layers']} layers {planned['keep_layers']} x {planned['heads']} heads x FFN "
+        f"{planned['ffn']}: {planned['kept_fraction']:.1%} of the encoder's weights, predicted "
+        f"{planned['predicted_speedup']} against {planned['targets']}"
+    )
     return planned
 
 

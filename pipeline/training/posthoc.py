@@ -23,6 +23,7 @@ the weights that ship (vocabulary trimmed, if asked), and goes into the classifi
 saved, exported and compiled models carry it. Two-class tasks only. Dev is read only for the paired
 control, never to fit.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,15 +68,21 @@ class TailAverage:
         """Put the mean into the model; returns how many steps it averaged. An empty tail is an error,
         not a quiet return of the last step's weights."""
         if not self.count:
-            raise RuntimeError(f"prune.average_tail: no step after the last mask update (step {self.after_step}) "
-                               f"to average in {self.step} steps; lower prune.end or add epochs")
+            raise RuntimeError(
+                f"prune.average_tail: no step after the last mask update (step {self.after_step}) "
+                f"to average in {self.step} steps; lower prune.end or add epochs"
+            )
         for n, q in self.params.items():
             q.copy_(self.mean[n].to(q.dtype))
         return self.count
 
     def state_dict(self) -> dict:
-        return {"inner": self.inner.state_dict(), "step": self.step, "count": self.count,
-                "mean": dict(self.mean)}  # saved at once by the checkpoint: no copy needed
+        return {
+            "inner": self.inner.state_dict(),
+            "step": self.step,
+            "count": self.count,
+            "mean": dict(self.mean),
+        }  # saved at once by the checkpoint: no copy needed
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state["inner"])
@@ -86,8 +93,10 @@ class TailAverage:
 def check_task(meta: dict) -> None:
     """A threshold exists only between two classes; refuse other tasks before any model loads."""
     if meta["problem_type"] != "classification" or meta["num_labels"] != 2:
-        raise ValueError(f"prune.calibrate = 'train_split' needs a two-class task; {meta.get('task')!r} is "
-                         f"{meta['problem_type']} with {meta['num_labels']} label(s); set prune.calibrate: none")
+        raise ValueError(
+            f"prune.calibrate = 'train_split' needs a two-class task; {meta.get('task')!r} is "
+            f"{meta['problem_type']} with {meta['num_labels']} label(s); set prune.calibrate: none"
+        )
 
 
 def held_out(p: dict, meta: dict, train) -> tuple:
@@ -140,9 +149,17 @@ def calibrate(model, held, meta: dict, batch_size: int, seed: int) -> dict:
     logits = loop.predict(model, held, batch_size).astype(np.float64)
     shift, before, _ = best_shift(logits[:, 1] - logits[:, 0], held.labels, meta["metrics"])
     apply_shift(model, shift)
-    after = loop.evaluate(model, held, meta, batch_size)["score"]  # the shifted model itself, in its own dtype
-    return {"split": "train_split", "split_size": len(held), "split_seed": seed, "logit_shift": round(shift, 6),
-            "held_out_score_before": round(before, 6), "held_out_score_after": round(after, 6)}
+    after = loop.evaluate(model, held, meta, batch_size)[
+        "score"
+    ]  # the shifted model itself, in its own dtype
+    return {
+        "split": "train_split",
+        "split_size": len(held),
+        "split_seed": seed,
+        "logit_shift": round(shift, 6),
+        "held_out_score_before": round(before, 6),
+        "held_out_score_after": round(after, 6),
+    }
 
 
 def apply_average(averagers: list, student, dev, meta: dict, p: dict, main: bool) -> dict | None:
@@ -163,8 +180,10 @@ def apply_vocab(p: dict, student, train, dev, meta: dict, tokenizer) -> dict | N
     from pipeline.core import vocab
 
     if tokenizer.unk_token_id is None:
-        raise ValueError("prune.vocab = 'task' maps dropped tokens to [UNK], and this tokenizer has none; "
-                         "set prune.vocab: full")
+        raise ValueError(
+            "prune.vocab = 'task' maps dropped tokens to [UNK], and this tokenizer has none; "
+            "set prune.vocab: full"
+        )
     specials = tokenizer.all_special_ids
     full = vocab.word_embeddings(student).weight
     kept = vocab.kept_ids(full.shape[0], specials, p["vocab_core"], train.ids)
@@ -172,12 +191,18 @@ def apply_vocab(p: dict, student, train, dev, meta: dict, tokenizer) -> dict | N
     before = loop.evaluate(student, dev, meta, p["eval_batch_size"])
     trimmed = vocab.trim(student, kept, tokenizer.unk_token_id)
     after = loop.evaluate(student, dev, meta, p["eval_batch_size"])
-    return {"vocab": "task", "core_ids": p["vocab_core"],
-            "rows_kept": len(kept), "rows_original": full.shape[0],
-            "word_embedding_params_before": full.numel(),
-            "word_embedding_params_after": trimmed.weight.numel(),
-            "dev_oov_token_fraction": round(oov, 6), "dev_tokens_counted": counted,
-            "untrimmed_scores": before, "trimmed_scores": after}
+    return {
+        "vocab": "task",
+        "core_ids": p["vocab_core"],
+        "rows_kept": len(kept),
+        "rows_original": full.shape[0],
+        "word_embedding_params_before": full.numel(),
+        "word_embedding_params_after": trimmed.weight.numel(),
+        "dev_oov_token_fraction": round(oov, 6),
+        "dev_tokens_counted": counted,
+        "untrimmed_scores": before,
+        "trimmed_scores": after,
+    }
 
 
 def apply_calibration(p: dict, student, held, dev, meta: dict) -> dict | None:

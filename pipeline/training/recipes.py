@@ -9,6 +9,7 @@ Write a preset's keys into a params file with
 Step counts and learning rates are left to the profile: they depend on the data size. Sources and
 what each recipe does: docs/recipes.md.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.presets import RECIPES
+
 
 def _yaml(v) -> str:
     return {True: "true", False: "false"}.get(v, str(v)) if isinstance(v, bool) else str(v)
@@ -40,7 +42,7 @@ def apply(name: str, params_path: str = "params.yaml") -> list[str]:
     if end is None:
         raise KeyError(f"{path} has no prune section to set recipe {name!r} in")
     missing = [k for k in want if k not in changed]  # keys the file leaves to their defaults
-    lines[end + 1:end + 1] = [f"  {k}: {want[k]}" for k in missing]
+    lines[end + 1 : end + 1] = [f"  {k}: {want[k]}" for k in missing]
     changed += missing
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")

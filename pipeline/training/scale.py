@@ -18,6 +18,7 @@ derived is recorded in the stage's metrics (`recipe`), so a run says what it act
   target), where it cost SST-2 0.73 points in all three seeds, and off where there is no fixed tail or an
   epoch is selected instead.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,10 +58,17 @@ def tail_average(p: dict, structured: bool) -> bool:
 
 def teacher(p: dict, rows: int, hidden_size: int) -> tuple[dict, dict]:
     """(the teacher's params with epochs and learning_rate filled in, what was derived from what)."""
-    epochs = p["epochs"] or epochs_for(rows, p["batch_size"], p["min_steps"], p["max_epochs"], TEACHER_MIN_EPOCHS)
+    epochs = p["epochs"] or epochs_for(
+        rows, p["batch_size"], p["min_steps"], p["max_epochs"], TEACHER_MIN_EPOCHS
+    )
     lr = p["learning_rate"] or teacher_lr(hidden_size)
-    record = {"train_rows": rows, "epochs": epochs, "steps": epochs * per_epoch(rows, p["batch_size"]),
-              "learning_rate": lr, "derived": [k for k in ("epochs", "learning_rate") if p[k] is None]}
+    record = {
+        "train_rows": rows,
+        "epochs": epochs,
+        "steps": epochs * per_epoch(rows, p["batch_size"]),
+        "learning_rate": lr,
+        "derived": [k for k in ("epochs", "learning_rate") if p[k] is None],
+    }
     return {**p, "epochs": epochs, "learning_rate": lr}, record
 
 
@@ -70,15 +78,22 @@ def student(p: dict, rows: int, structured: bool) -> tuple[dict, dict]:
     budget = student_steps(p["min_steps"], p["target_sparsity"])
     epochs = p["epochs"] or epochs_for(rows, p["batch_size"], budget, p["max_epochs"], STUDENT_MIN_EPOCHS)
     tail = tail_average(p, structured) if p["average_tail"] is None else p["average_tail"]
-    record = {"train_rows": rows, "epochs": epochs, "steps": epochs * per_epoch(rows, p["batch_size"]),
-              "step_budget": budget, "average_tail": tail,
-              "derived": [k for k in ("epochs", "average_tail") if p[k] is None]}
+    record = {
+        "train_rows": rows,
+        "epochs": epochs,
+        "steps": epochs * per_epoch(rows, p["batch_size"]),
+        "step_budget": budget,
+        "average_tail": tail,
+        "derived": [k for k in ("epochs", "average_tail") if p[k] is None],
+    }
     return {**p, "epochs": epochs, "average_tail": tail}, record
 
 
 def weak_teacher_advice(recipe: dict) -> str:
     """The advice a weak teacher's message gives, from the recipe it trained with."""
-    return (f"It trained {recipe['epochs']} epochs ({recipe['steps']} steps on {recipe['train_rows']} rows) at "
-            f"learning rate {recipe['learning_rate']:g}. Try more steps (teacher.min_steps, or teacher.epochs up "
-            f"to teacher.max_epochs), a lower learning rate (teacher.learning_rate), or several, compared on a split "
-            f"of train (teacher.search_learning_rates: [3.0e-5, 7.0e-5]); a task this small or hard may also need a larger base model (data.model).")
+    return (
+        f"It trained {recipe['epochs']} epochs ({recipe['steps']} steps on {recipe['train_rows']} rows) at "
+        f"learning rate {recipe['learning_rate']:g}. Try more steps (teacher.min_steps, or teacher.epochs up "
+        f"to teacher.max_epochs), a lower learning rate (teacher.learning_rate), or several, compared on a split "
+        f"of train (teacher.search_learning_rates: [3.0e-5, 7.0e-5]); a task this small or hard may also need a larger base model (data.model)."
+    )

@@ -5,6 +5,7 @@ and the learning-rate schedules that go with them. Pure functions of step counts
 A recipe says "40 mask updates over the ramp", not "one every 10 steps", so it reads the same on
 MRPC's 115 steps an epoch as on SST-2's 2,000.
 """
+
 from __future__ import annotations
 
 from pipeline.core.registry import LR_SCHEDULES  # declared with the other registries
@@ -29,8 +30,9 @@ def update_steps(p: dict, total_steps: int) -> list[int]:
     return list(range(start, end + 1, freq))
 
 
-def lr_factor(step: int, kind: str, total: int, warmup: int, updates: list[int] | None = None,
-              end: int | None = None) -> float:
+def lr_factor(
+    step: int, kind: str, total: int, warmup: int, updates: list[int] | None = None, end: int | None = None
+) -> float:
     """Multiplier of the base learning rate at `step` (LambdaLR's lr_lambda).
 
     linear: warm-up, then linear decay to 0 over all of training.

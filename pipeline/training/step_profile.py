@@ -10,6 +10,7 @@ step after warm-up; speedups are ratios of those medians. The breakdown splits t
 into student forward + loss, backward, and optimizer + INC masks; the live teacher's forward is the
 live step minus the cached one. Benchmark, not test: run it on a quiet machine; the CPU is recorded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,12 @@ from pipeline.training.loop import PHASES, Progress, length_grouped_batches, mak
 from pipeline.training.schedule import lr_lambda
 from pipeline.training.teacher_cache import TeacherCache
 
+
 def time_setup(student0, ds, batches, loss_fn, p: dict, precision: str, warmup: int, total: int) -> dict:
     """Median phase and step times (ms) over `batches` after `warmup` steps, from a copy of student0."""
-    acc = device.accelerator(device.resolve({**p, "device": "cpu", "precision": precision, "allow_fallback": False}))
+    acc = device.accelerator(
+        device.resolve({**p, "device": "cpu", "precision": precision, "allow_fallback": False})
+    )
     model = copy.deepcopy(student0).train()
     opt, sched = make_optimizer(model, p, total, lambda n: lr_lambda(p, n, pruning=True))
     model, opt = acc.prepare(model, opt)
@@ -41,8 +45,12 @@ def time_setup(student0, ds, batches, loss_fn, p: dict, precision: str, warmup: 
     rows = rows[warmup:]
     med = {f"{k}_ms_p50": round(statistics.median(r[k] for r in rows), 2) for k in PHASES}
     step = statistics.median(sum(r.values()) for r in rows)
-    return {**med, "step_ms_p50": round(step, 2), "samples_per_s": round(p["batch_size"] * 1000 / step, 2),
-            "timed_steps": len(rows)}
+    return {
+        **med,
+        "step_ms_p50": round(step, 2),
+        "samples_per_s": round(p["batch_size"] * 1000 / step, 2),
+        "timed_steps": len(rows),
+    }
 
 
 def profile(params_path: str, steps: int, warmup: int) -> dict:
@@ -55,7 +63,7 @@ def profile(params_path: str, steps: int, warmup: int) -> dict:
     teacher_dir = upstream_dir("teacher", params_path)
     teacher = load_trained(teacher_dir).eval().requires_grad_(False)
     student = st.build_student(p, meta, teacher_dir, teacher)
-    batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"])[:warmup + steps]
+    batches = length_grouped_batches(train.lengths, p["batch_size"], p["seed"])[: warmup + steps]
     ds = train.subset(np.concatenate(batches))  # only these rows: the cache below stays small
     batches = np.split(np.arange(len(ds)), np.cumsum([len(b) for b in batches])[:-1])
     mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
@@ -68,13 +76,24 @@ def profile(params_path: str, steps: int, warmup: int) -> dict:
     isa = cpu_info()["isa"]
     if any(f in isa for f in device.BF16_FLAGS):
         setups["cache+bf16"] = (cached, "bf16")
-    res = {name: time_setup(student, ds, batches, fn, p, prec, warmup, total) for name, (fn, prec) in setups.items()}
+    res = {
+        name: time_setup(student, ds, batches, fn, p, prec, warmup, total)
+        for name, (fn, prec) in setups.items()
+    }
     base = res["live"]["step_ms_p50"]
-    return {"cpu": cpu_info()["cpu"], "isa": isa, "threads": threads, "batch_size": p["batch_size"],
-            "loss_weights": st.loss_weights(p), "setups": res,
-            "teacher_forward_ms_p50": round(base - res["cache"]["step_ms_p50"], 2),
-            "speedup_vs_live": {k: round(base / v["step_ms_p50"], 3) for k, v in res.items()},
-            "bf16": "measured" if "cache+bf16" in res else f"not measured: no {' or '.join(device.BF16_FLAGS)} on this CPU"}
+    return {
+        "cpu": cpu_info()["cpu"],
+        "isa": isa,
+        "threads": threads,
+        "batch_size": p["batch_size"],
+        "loss_weights": st.loss_weights(p),
+        "setups": res,
+        "teacher_forward_ms_p50": round(base - res["cache"]["step_ms_p50"], 2),
+        "speedup_vs_live": {k: round(base / v["step_ms_p50"], 3) for k, v in res.items()},
+        "bf16": "measured"
+        if "cache+bf16" in res
+        else f"not measured: no {' or '.join(device.BF16_FLAGS)} on this CPU",
+    }
 
 
 def main(argv=None) -> dict:

@@ -1,6 +1,7 @@
 """The student of prune-at-distill: how it is built (pre-trained or teacher init, dropped layers),
 the loss it learns from the teacher, and what is done and checked once training ends (N:M made
 strict, structured students slimmed, the sparsity target verified)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -23,7 +24,9 @@ def drop_layers(model, keep: list[int]) -> None:
     base = getattr(model, model.base_model_prefix)
     n = len(base.encoder.layer)
     if keep[-1] >= n:
-        raise PruneError(f"prune.student_layers = {keep} names layer {keep[-1]}, the model has {n} (0..{n - 1})")
+        raise PruneError(
+            f"prune.student_layers = {keep} names layer {keep[-1]}, the model has {n} (0..{n - 1})"
+        )
     base.encoder.layer = torch.nn.ModuleList([base.encoder.layer[i] for i in keep])
     model.config.num_hidden_layers = len(keep)
 
@@ -42,14 +45,18 @@ def structured_hint(student, target: float) -> str:
     heads = [layer.attention.self.num_attention_heads for layer in student.base_model.encoder.layer]
     n = student.config.num_attention_heads
     k = round(target * n) if abs(target * n - round(target * n)) < 0.01 else math.ceil(target * n)
-    return (f"; heads kept per layer {heads} of {n}: INC rounds the pruned head count down, so for {k} of {n} "
-            f"heads pruned set a target a hair above {k}/{n}, e.g. {k / n + 1e-4:.4f}")
+    return (
+        f"; heads kept per layer {heads} of {n}: INC rounds the pruned head count down, so for {k} of {n} "
+        f"heads pruned set a target a hair above {k}/{n}, e.g. {k / n + 1e-4:.4f}"
+    )
 
 
 def check_target(achieved: float, target: float, tolerance: float, hint: str = "") -> None:
     if abs(achieved - target) > tolerance:
-        raise PruneError(f"pruning missed prune.target_sparsity = {target}: reached {achieved:.4f} "
-                         f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier{hint}")
+        raise PruneError(
+            f"pruning missed prune.target_sparsity = {target}: reached {achieved:.4f} "
+            f"(tolerance {tolerance:.4f}); lengthen training or move prune.end earlier{hint}"
+        )
 
 
 def finalize(student, p: dict, teacher_config, dense_ref: int, planned: dict | None = None) -> dict:
@@ -57,7 +64,8 @@ def finalize(student, p: dict, teacher_config, dense_ref: int, planned: dict | N
     structure is checked by the caller, against its speed target)."""
 
     structured = bool(planned and (planned["mha_sparsity"] or planned["ffn_sparsity"])) or (
-        p["pattern"] == "channelx1" and p["target_sparsity"] > 0)
+        p["pattern"] == "channelx1" and p["target_sparsity"] > 0
+    )
     nm_fixed = sparsity.enforce_n_m(student, *map(int, p["pattern"].split(":"))) if ":" in p["pattern"] else 0
     before = sparsity.summarize(student, dense_ref)
     if structured:
@@ -69,16 +77,30 @@ def finalize(student, p: dict, teacher_config, dense_ref: int, planned: dict | N
     achieved = 1 - after["encoder_remaining_weights"] if structured else after["encoder_linear_sparsity"]
     tol = max(p["tolerance"], structured_tolerance(teacher_config)) if structured else p["tolerance"]
     if p["target_sparsity"] > 0 and not planned:
-        check_target(achieved, p["target_sparsity"], tol, structured_hint(student, p["target_sparsity"])
-                     if structured else "")
-    return {"after": after, "achieved": achieved, "tolerance": tol, "structured": structured,
-            "nm_groups_fixed": nm_fixed}
+        check_target(
+            achieved,
+            p["target_sparsity"],
+            tol,
+            structured_hint(student, p["target_sparsity"]) if structured else "",
+        )
+    return {
+        "after": after,
+        "achieved": achieved,
+        "tolerance": tol,
+        "structured": structured,
+        "nm_groups_fixed": nm_fixed,
+    }
 
 
 def loss_weights(p: dict) -> dict:
     """prune.* loss weights by term (pipeline.training.distill.TERMS)."""
-    return {"ce": p["alpha_ce"], "kd": p["beta_kd"], "hidden": p["gamma_hidden"], "attention": p["attention_mse"],
-            "last_hidden": p["last_hidden_mse"]}
+    return {
+        "ce": p["alpha_ce"],
+        "kd": p["beta_kd"],
+        "hidden": p["gamma_hidden"],
+        "attention": p["attention_mse"],
+        "last_hidden": p["last_hidden_mse"],
+    }
 
 
 def teacher_layers(p: dict, mapping) -> tuple[list[int], list[int]]:
@@ -101,8 +123,11 @@ def capture_qk(model, layers: list[int]):
     for i in layers:
         att = enc[i].attention.self
         for slot, lin in enumerate((att.query, att.key)):
-            handles.append(lin.register_forward_hook(
-                lambda mod, args, o, i=i, slot=slot: out.setdefault(i, [None, None]).__setitem__(slot, o)))
+            handles.append(
+                lin.register_forward_hook(
+                    lambda mod, args, o, i=i, slot=slot: out.setdefault(i, [None, None]).__setitem__(slot, o)
+                )
+            )
     try:
         yield out
     finally:
@@ -127,8 +152,19 @@ def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
                 t_out = teacher(**batch, output_hidden_states=bool(t_hidden))
         with capture_qk(student, s_att) as s_qk:
             s_out = student(**batch, output_hidden_states=bool(w["hidden"] or w["last_hidden"]))
-        return distill_loss(s_out, t_out, labels, batch["attention_mask"], weights=w, temperature=p["temperature"],
-                            mapping=mapping, regression=regression, student_qk=s_qk, teacher_qk=t_qk, heads=heads)
+        return distill_loss(
+            s_out,
+            t_out,
+            labels,
+            batch["attention_mask"],
+            weights=w,
+            temperature=p["temperature"],
+            mapping=mapping,
+            regression=regression,
+            student_qk=s_qk,
+            teacher_qk=t_qk,
+            heads=heads,
+        )
 
     return loss_fn
 
@@ -138,8 +174,12 @@ def reuse_head(student, teacher) -> list[str]:
     teacher's last hidden state is enough to match its predictions. Returns the parameter names frozen."""
     frozen = []
     for name in ("pooler", "classifier"):
-        s_mod = getattr(getattr(student, student.base_model_prefix), name, None) or getattr(student, name, None)
-        t_mod = getattr(getattr(teacher, teacher.base_model_prefix), name, None) or getattr(teacher, name, None)
+        s_mod = getattr(getattr(student, student.base_model_prefix), name, None) or getattr(
+            student, name, None
+        )
+        t_mod = getattr(getattr(teacher, teacher.base_model_prefix), name, None) or getattr(
+            teacher, name, None
+        )
         if s_mod is None or t_mod is None:
             continue
         s_mod.load_state_dict(t_mod.state_dict())
@@ -154,8 +194,7 @@ def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None, keep: li
     if p["init"] == "teacher":
         student = load_trained(teacher_dir)
     else:
-        student = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"],
-                                  meta["labels"])
+        student = load_classifier(start_model(meta), meta["num_labels"], meta["problem_type"], meta["labels"])
     if keep or p["student_layers"]:
         drop_layers(student, keep or p["student_layers"])
     if p["reuse_teacher_head"]:
@@ -163,22 +202,29 @@ def build_student(p: dict, meta: dict, teacher_dir: Path, teacher=None, keep: li
     return student
 
 
-
-
 def check_pattern(student, p: dict) -> None:
     misfits = sparsity.pattern_misfits(student, p["pattern"]) if p["target_sparsity"] > 0 else []
     if misfits:
-        raise PruneError(f"prune.pattern = {p['pattern']!r} does not divide these layers' weights: "
-                         f"{', '.join(misfits[:4])}{' ...' if len(misfits) > 4 else ''}; pick block sizes that do")
+        raise PruneError(
+            f"prune.pattern = {p['pattern']!r} does not divide these layers' weights: "
+            f"{', '.join(misfits[:4])}{' ...' if len(misfits) > 4 else ''}; pick block sizes that do"
+        )
 
 
 def sparsity_metrics(student, fin: dict, dense: dict) -> dict:
     """What metrics/prune.json says about the pruned weights (the per-layer detail goes to sparsity.json)."""
     after = fin["after"]
-    return {"achieved_sparsity": round(fin["achieved"], 6), "tolerance": fin["tolerance"], "slimmed": fin["structured"],
-            "nm_groups_fixed": fin["nm_groups_fixed"], **{k: v for k, v in after.items() if k != "layers"},
-            "model_remaining_weights": round(after["model_nonzero"] / dense["model_params"], 6),
-            "layer_sparsity_min": min(v["sparsity"] for v in after["layers"].values()),
-            "layer_sparsity_max": max(v["sparsity"] for v in after["layers"].values()),
-            "layer_shapes": [{"heads": l.attention.self.num_attention_heads, "ffn": l.intermediate.dense.out_features}
-                             for l in getattr(student, student.base_model_prefix).encoder.layer]}
+    return {
+        "achieved_sparsity": round(fin["achieved"], 6),
+        "tolerance": fin["tolerance"],
+        "slimmed": fin["structured"],
+        "nm_groups_fixed": fin["nm_groups_fixed"],
+        **{k: v for k, v in after.items() if k != "layers"},
+        "model_remaining_weights": round(after["model_nonzero"] / dense["model_params"], 6),
+        "layer_sparsity_min": min(v["sparsity"] for v in after["layers"].values()),
+        "layer_sparsity_max": max(v["sparsity"] for v in after["layers"].values()),
+        "layer_shapes": [
+            {"heads": l.attention.self.num_attention_heads, "ffn": l.intermediate.dense.out_features}
+            for l in getattr(student, student.base_model_prefix).encoder.layer
+        ],
+    }

@@ -6,6 +6,7 @@ recomputing them. Per-token tensors are kept for real tokens only (padding is ma
 loss term), as one flat [tokens, hidden] tensor per teacher layer the loss maps to, and padded back
 to each batch's width on the way out.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,8 +45,9 @@ class TeacherCache:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, teacher, ds: Tokens, layers: list[int], batch_size: int = 64,
-              att_layers: list[int] = ()) -> "TeacherCache":
+    def build(
+        cls, teacher, ds: Tokens, layers: list[int], batch_size: int = 64, att_layers: list[int] = ()
+    ) -> "TeacherCache":
         teacher.eval()
         h, n_tok = teacher.config.hidden_size, int(ds.lengths.sum())
         logits = torch.empty(len(ds), teacher.config.num_labels)
@@ -54,7 +56,7 @@ class TeacherCache:
         order = np.argsort(-ds.lengths, kind="stable")  # similar lengths together: little padding
         dev = next(teacher.parameters()).device
         for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
+            idx = order[i : i + batch_size]
             b = ds.batch(idx)
             b.pop("labels")
             with capture_qk(teacher, list(att_layers)) as got:
@@ -75,17 +77,23 @@ class TeacherCache:
         pad = lambda flat: _pad(flat, self.offsets, idx, width).to(device)  # noqa: E731
         hs = {t: pad(flat) for t, flat in self.hidden.items()}
         qk = {t: (pad(q), pad(k)) for t, (q, k) in self.qk.items()}
-        return SimpleNamespace(logits=self.logits[torch.as_tensor(np.asarray(idx))].to(device), hidden_states=hs, qk=qk)
+        return SimpleNamespace(
+            logits=self.logits[torch.as_tensor(np.asarray(idx))].to(device), hidden_states=hs, qk=qk
+        )
 
 
-def maybe_build(teacher, ds: Tokens, layers: list[int], limit_mb: float,
-                att_layers: list[int] = ()) -> tuple[TeacherCache | None, dict]:
+def maybe_build(
+    teacher, ds: Tokens, layers: list[int], limit_mb: float, att_layers: list[int] = ()
+) -> tuple[TeacherCache | None, dict]:
     """The cache when it fits in `limit_mb` (prune.teacher_cache_mb; 0 = off), and what was decided, for
     metrics/prune.json: a run without the cache says why."""
     mb = round(size_mb(ds, layers, teacher.config.hidden_size, teacher.config.num_labels, att_layers), 1)
     if mb > limit_mb:
-        why = "off (prune.teacher_cache_mb = 0)" if limit_mb == 0 else \
-            f"{mb} MB would exceed prune.teacher_cache_mb = {limit_mb}"
+        why = (
+            "off (prune.teacher_cache_mb = 0)"
+            if limit_mb == 0
+            else f"{mb} MB would exceed prune.teacher_cache_mb = {limit_mb}"
+        )
         print(f"[prune] teacher cache not used: {why}; the teacher runs at every step")
         return None, {"used": False, "size_mb": mb, "why": why}
     t0 = time.perf_counter()

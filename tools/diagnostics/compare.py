@@ -10,6 +10,7 @@ hardware (CPU model, core counts, ISA flags), task, or the version of the librar
 "not comparable: <why>" instead of a ratio. Every difference between the files is also listed under
 "Flags". --strict exits 1 when anything was flagged. Mixing bench and eval files is an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ from pathlib import Path
 from pipeline.reporting.render import NA
 
 KEYS = {"bench": ("model", "backend", "batch", "seq_len", "streams"), "eval": ("model", "backend")}
-ROW_FIELDS = {"bench": ("precision", "inference_precision", "threads", "provider"),
-              "eval": ("precision", "threads", "provider")}
+ROW_FIELDS = {
+    "bench": ("precision", "inference_precision", "threads", "provider"),
+    "eval": ("precision", "threads", "provider"),
+}
 HARDWARE = ("cpu", "physical_cores", "logical_cpus", "isa")
 # A backend's speed and numerics follow its own runtime's version; the other libraries' versions are
 # still listed under Flags, but do not void that backend's ratio.
@@ -39,7 +42,9 @@ def _kind(path, rows: list) -> str:
         return "bench"
     if all("score" in r for r in rows):
         return "eval"
-    raise CompareError(f"{path}: 'results' rows have neither latency/throughput (bench.json) nor 'score' (eval.json)")
+    raise CompareError(
+        f"{path}: 'results' rows have neither latency/throughput (bench.json) nor 'score' (eval.json)"
+    )
 
 
 def load(path) -> dict:
@@ -65,27 +70,43 @@ def load(path) -> dict:
         keyed[key] = r
     env = doc.get("env") or {}
     hw = doc.get("hardware") or env
-    return {"path": str(path), "kind": kind, "rows": keyed,
-            "hardware": {k: sorted(hw[k]) if k == "isa" and hw.get(k) else hw.get(k) for k in HARDWARE},
-            "versions": {lib: (env.get("versions") or {}).get(lib) for lib in LIBRARY.values()},
-            "task": doc.get("task"), "metrics": doc.get("metrics")}
+    return {
+        "path": str(path),
+        "kind": kind,
+        "rows": keyed,
+        "hardware": {k: sorted(hw[k]) if k == "isa" and hw.get(k) else hw.get(k) for k in HARDWARE},
+        "versions": {lib: (env.get("versions") or {}).get(lib) for lib in LIBRARY.values()},
+        "task": doc.get("task"),
+        "metrics": doc.get("metrics"),
+    }
 
 
 def align(files: list[dict]) -> list[tuple[tuple, list]]:
     """(key, [row or None per file]) over the union of keys, in first-seen order."""
     kinds = {f["kind"] for f in files}
     if len(kinds) > 1:
-        raise CompareError("cannot compare bench and eval files together: "
-                           + ", ".join(f"{f['path']} is {f['kind']}" for f in files))
+        raise CompareError(
+            "cannot compare bench and eval files together: "
+            + ", ".join(f"{f['path']} is {f['kind']}" for f in files)
+        )
     keys = list(dict.fromkeys(k for f in files for k in f["rows"]))
     return [(k, [f["rows"].get(k) for f in files]) for k in keys]
 
 
 def file_flags(a: dict, b: dict) -> dict[str, str]:
     """Differences between two whole files: name -> 'value A vs value B'."""
-    out = {k: f"{a['hardware'][k]} vs {b['hardware'][k]}" for k in HARDWARE if a["hardware"][k] != b["hardware"][k]}
-    out.update({lib: f"{a['versions'][lib]} vs {b['versions'][lib]}" for lib in LIBRARY.values()
-                if a["versions"][lib] != b["versions"][lib]})
+    out = {
+        k: f"{a['hardware'][k]} vs {b['hardware'][k]}"
+        for k in HARDWARE
+        if a["hardware"][k] != b["hardware"][k]
+    }
+    out.update(
+        {
+            lib: f"{a['versions'][lib]} vs {b['versions'][lib]}"
+            for lib in LIBRARY.values()
+            if a["versions"][lib] != b["versions"][lib]
+        }
+    )
     if a["kind"] == "eval":
         out.update({k: f"{a[k]} vs {b[k]}" for k in ("task", "metrics") if a[k] != b[k]})
     return out
@@ -137,24 +158,41 @@ def _header(kind: str, labels: list[str]) -> list[str]:
 
 def render(files: list[dict], aligned: list[tuple[tuple, list]]) -> tuple[str, list[str]]:
     """Markdown table plus the flag list (empty: every pair compared like for like)."""
-    kind, labels = files[0]["kind"], list(string.ascii_uppercase[:len(files)])
+    kind, labels = files[0]["kind"], list(string.ascii_uppercase[: len(files)])
     head = _header(kind, labels)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    flags = [f"{lab} vs A: {k} {v}" for lab, f in zip(labels[1:], files[1:])
-             for k, v in file_flags(files[0], f).items()]
+    flags = [
+        f"{lab} vs A: {k} {v}"
+        for lab, f in zip(labels[1:], files[1:])
+        for k, v in file_flags(files[0], f).items()
+    ]
     for key, rows in aligned:
         cells = [str(k) for k in key] + _value(kind, rows[0])
         for lab, f, row in zip(labels[1:], files[1:], rows[1:]):
             why = flags_for(files[0], f, rows[0], row, lab)
-            cells += _value(kind, row) + [f"not comparable: {'; '.join(why)}" if why else _change(kind, rows[0], row)]
+            cells += _value(kind, row) + [
+                f"not comparable: {'; '.join(why)}" if why else _change(kind, rows[0], row)
+            ]
             # file-wide differences are listed once above; here only what is particular to this row
-            flags += [f"{lab} vs A, {' '.join(map(str, key))}: {w}" for w in row_flags(kind, rows[0], row, lab)]
+            flags += [
+                f"{lab} vs A, {' '.join(map(str, key))}: {w}" for w in row_flags(kind, rows[0], row, lab)
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     what = "throughput ratio X/A (>1: X is faster)" if kind == "bench" else "score difference X-A"
-    text = [f"# Comparison of {len(files)} {kind} files", "",
-            *(f"- {lab} = `{f['path']}` ({f['hardware']['cpu']}, {f['hardware']['physical_cores']} cores)"
-              for lab, f in zip(labels, files)),
-            f"- Change column: {what}; flagged pairs show values only", "", *lines, "", "## Flags", ""]
+    text = [
+        f"# Comparison of {len(files)} {kind} files",
+        "",
+        *(
+            f"- {lab} = `{f['path']}` ({f['hardware']['cpu']}, {f['hardware']['physical_cores']} cores)"
+            for lab, f in zip(labels, files)
+        ),
+        f"- Change column: {what}; flagged pairs show values only",
+        "",
+        *lines,
+        "",
+        "## Flags",
+        "",
+    ]
     text += [f"- {f}" for f in flags] or ["- none: every pair was compared like for like"]
     return "\n".join(text) + "\n", flags
 
@@ -166,8 +204,12 @@ def _write_text(path: str, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.diagnostics.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+", help="two or more bench.json, or two or more eval.json; the first is A")
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.diagnostics.compare", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument(
+        "files", nargs="+", help="two or more bench.json, or two or more eval.json; the first is A"
+    )
     ap.add_argument("--out", help="also write the markdown here")
     ap.add_argument("--strict", action="store_true", help="exit 1 when anything was flagged")
     args = ap.parse_args(argv)

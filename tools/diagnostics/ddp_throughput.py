@@ -8,6 +8,7 @@ steps only: no start-up, cache build or evaluation).
 Each launch writes under a scratch folder beside the params file (`.ddp_throughput/`, removed after).
 A benchmark, not a test: run it on a quiet machine; the CPU is recorded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,17 @@ from pipeline.core.common import cpu_info, write_json
 def launch_cmd(nproc: int, params: Path) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "pipeline.prune", str(params)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "pipeline.prune", str(params)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "pipeline.prune",
+        str(params),
+    ]
 
 
 def scratch_params(base: Path, scratch: Path, nproc: int) -> Path:
@@ -38,8 +48,11 @@ def scratch_params(base: Path, scratch: Path, nproc: int) -> Path:
     doc = yaml.safe_load(base.read_text())
     folder = scratch / str(nproc)
     folder.mkdir(parents=True, exist_ok=True)
-    out = {s: relocate(s, v, base.parent.resolve(), folder.resolve()) for s, v in doc.items()
-           if s in ("data", "teacher")}
+    out = {
+        s: relocate(s, v, base.parent.resolve(), folder.resolve())
+        for s, v in doc.items()
+        if s in ("data", "teacher")
+    }
     prune = dict(doc["prune"], out_dir="student", checkpoint_dir="ckpt", progress=False)
     out["prune"] = relocate("prune", prune, folder, folder)
     (folder / "params.yaml").write_text(yaml.safe_dump(out, sort_keys=False))
@@ -61,10 +74,15 @@ def run(base: Path, nproc: int, rounds: int) -> dict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     med = {n: statistics.median(v) for n, v in got.items()}
-    return {"cpu": cpu_info()["cpu"], "logical_cpus": os.cpu_count(), "nproc": nproc, "rounds": rounds,
-            "train_samples_per_s": {str(n): v for n, v in got.items()},
-            "median_samples_per_s": {str(n): v for n, v in med.items()},
-            "ratio_n_over_1": round(med[nproc] / med[1], 3)}
+    return {
+        "cpu": cpu_info()["cpu"],
+        "logical_cpus": os.cpu_count(),
+        "nproc": nproc,
+        "rounds": rounds,
+        "train_samples_per_s": {str(n): v for n, v in got.items()},
+        "median_samples_per_s": {str(n): v for n, v in med.items()},
+        "ratio_n_over_1": round(med[nproc] / med[1], 3),
+    }
 
 
 def main(argv=None) -> dict:

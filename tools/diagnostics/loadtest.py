@@ -7,6 +7,7 @@ The server runs in its own process on a free 127.0.0.1 port and is stopped at th
 only to loopback, the count is fixed and the whole run is bounded by --timeout-s. Records: errors
 (must be 0), mismatches against the runner, throughput and p50/p99 latency per request.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,18 @@ def start_server(bundle: Path, name: str, port: int, threads: int | None, timeou
     """The server in its own process; its log goes to a file (a pipe nobody reads would fill and stall it)."""
     import httpx
 
-    cmd = [sys.executable, "-m", "pipeline.serving.server", str(bundle), "--name", name, "--host", HOST,
-           "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.serving.server",
+        str(bundle),
+        "--name",
+        name,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd + (["--threads", str(threads)] if threads else []), stdout=log, stderr=log)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -65,7 +76,10 @@ async def fire(url: str, rows: list, concurrency: int, timeout_s: float) -> list
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency), timeout=timeout
+    ) as session:
+
         async def one(row):
             t0 = time.perf_counter()
             try:
@@ -84,8 +98,15 @@ def logits_of(body: dict) -> np.ndarray:
     return np.asarray(out["data"], np.float32).reshape(out["shape"])
 
 
-def run(bundle: Path, rows: list, requests: int, concurrency: int, threads: int | None = None,
-        timeout_s: float = 300, atol: float = 1e-2) -> dict:
+def run(
+    bundle: Path,
+    rows: list,
+    requests: int,
+    concurrency: int,
+    threads: int | None = None,
+    timeout_s: float = 300,
+    atol: float = 1e-2,
+) -> dict:
     from pipeline.serving.runner import Bundle
 
     rows = [rows[i % len(rows)] for i in range(requests)]
@@ -98,7 +119,9 @@ def run(bundle: Path, rows: list, requests: int, concurrency: int, threads: int 
         proc = start_server(bundle, name, port, threads, 60, log)
         try:
             t0 = time.perf_counter()
-            results = asyncio.run(fire(f"http://{HOST}:{port}/v2/models/{name}/infer", rows, concurrency, timeout_s))
+            results = asyncio.run(
+                fire(f"http://{HOST}:{port}/v2/models/{name}/infer", rows, concurrency, timeout_s)
+            )
             wall = time.perf_counter() - t0
         finally:
             proc.terminate()
@@ -110,29 +133,52 @@ def run(bundle: Path, rows: list, requests: int, concurrency: int, threads: int 
     label_mismatch = sum(int(g.argmax() != w.argmax()) for g, w in got) if want.shape[-1] > 1 else 0
     mismatch = sum(1 for g, w in got if not np.allclose(g, w, atol=atol))
     ms = np.array([r["seconds"] for r in results]) * 1000
-    return {"requests": requests, "concurrency": concurrency, "errors": len(errors), "error_examples": errors[:3],
-            "mismatches_vs_runner": mismatch, "label_mismatches": label_mismatch,
-            "logits_max_abs_diff": round(diff, 6), "atol": atol, "wall_s": round(wall, 3),
-            "throughput_req_per_s": round(requests / wall, 2), "latency_ms_p50": round(float(np.percentile(ms, 50)), 2),
-            "latency_ms_p99": round(float(np.percentile(ms, 99)), 2), "host": HOST}
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "mismatches_vs_runner": mismatch,
+        "label_mismatches": label_mismatch,
+        "logits_max_abs_diff": round(diff, 6),
+        "atol": atol,
+        "wall_s": round(wall, 3),
+        "throughput_req_per_s": round(requests / wall, 2),
+        "latency_ms_p50": round(float(np.percentile(ms, 50)), 2),
+        "latency_ms_p99": round(float(np.percentile(ms, 99)), 2),
+        "host": HOST,
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.diagnostics.loadtest", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.diagnostics.loadtest", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("--rows", type=Path, required=True,
-                    help="JSONL with text (and text_pair) per line, e.g. the data stage's eval.jsonl")
+    ap.add_argument(
+        "--rows",
+        type=Path,
+        required=True,
+        help="JSONL with text (and text_pair) per line, e.g. the data stage's eval.jsonl",
+    )
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: all of them)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--timeout-s", type=float, default=300)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    rows = [(r["text"], r.get("text_pair")) for r in map(json.loads, filter(str.strip, args.rows.read_text().splitlines()))]
+    rows = [
+        (r["text"], r.get("text_pair"))
+        for r in map(json.loads, filter(str.strip, args.rows.read_text().splitlines()))
+    ]
     from pipeline.core.common import cpu_info, write_json
 
-    result = {**run(args.bundle, rows, args.requests, args.concurrency or args.requests, args.threads,
-                    args.timeout_s), "cpu": cpu_info()}
+    result = {
+        **run(
+            args.bundle, rows, args.requests, args.concurrency or args.requests, args.threads, args.timeout_s
+        ),
+        "cpu": cpu_info(),
+    }
     print(json.dumps(result, indent=2))
     if args.out:
         write_json(args.out, result)

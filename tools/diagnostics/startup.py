@@ -4,6 +4,7 @@ user pays them): wall time to the first prediction and peak resident memory, med
 
     python -m tools.diagnostics.startup bundles/student models/student [--runs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,12 @@ def measure(code: str, runs: int) -> dict:
     for _ in range(runs):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         samples.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return {"runs": runs, "seconds_median": round(statistics.median(s["seconds"] for s in samples), 3),
-            "peak_rss_mb_median": round(statistics.median(s["peak_rss_mb"] for s in samples), 1),
-            "last": samples[-1]}
+    return {
+        "runs": runs,
+        "seconds_median": round(statistics.median(s["seconds"] for s in samples), 3),
+        "peak_rss_mb_median": round(statistics.median(s["peak_rss_mb"] for s in samples), 1),
+        "last": samples[-1],
+    }
 
 
 def main(argv=None) -> dict:
@@ -60,9 +64,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    result = {"bundle_runner": measure(RUNNER.format(bundle=a.bundle, text=TEXT, threads=a.threads), a.runs),
-              "torch_transformers": measure(TORCH.format(model_dir=a.model_dir, text=TEXT, threads=a.threads),
-                                            a.runs)}
+    result = {
+        "bundle_runner": measure(RUNNER.format(bundle=a.bundle, text=TEXT, threads=a.threads), a.runs),
+        "torch_transformers": measure(
+            TORCH.format(model_dir=a.model_dir, text=TEXT, threads=a.threads), a.runs
+        ),
+    }
     b, t = result["bundle_runner"], result["torch_transformers"]
     result["ratio_seconds"] = round(t["seconds_median"] / b["seconds_median"], 2)
     result["ratio_rss"] = round(t["peak_rss_mb_median"] / b["peak_rss_mb_median"], 2)

@@ -11,6 +11,7 @@ carves, and its dev scores with it. That estimates calibration only for a model 
 those rows and carries no shift yet: a teacher or an uncalibrated student trained with selection:
 train_split and the same share and seed (teacher.seed or prune.seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,12 @@ from sklearn.metrics import roc_auc_score
 def confusion(margins: np.ndarray, labels: np.ndarray) -> dict:
     """Counts at the model's own threshold (positive when margin > 0)."""
     pred, pos = margins > 0, labels == 1
-    return {"predicted_positive": int(pred.sum()), "true_positive": int((pred & pos).sum()),
-            "true_negative": int((~pred & ~pos).sum()), "accuracy": float((pred == pos).mean())}
+    return {
+        "predicted_positive": int(pred.sum()),
+        "true_positive": int((pred & pos).sum()),
+        "true_negative": int((~pred & ~pos).sum()),
+        "accuracy": float((pred == pos).mean()),
+    }
 
 
 def diagnose(margins: np.ndarray, labels: np.ndarray) -> dict:
@@ -32,8 +37,12 @@ def diagnose(margins: np.ndarray, labels: np.ndarray) -> dict:
     from pipeline.training.posthoc import best_shift
 
     at, _, best = best_shift(np.asarray(margins, np.float64), labels, ["accuracy"])
-    return {**confusion(margins, labels), "roc_auc": float(roc_auc_score(labels, margins)),
-            "best_threshold_accuracy": best, "best_threshold": at}
+    return {
+        **confusion(margins, labels),
+        "roc_auc": float(roc_auc_score(labels, margins)),
+        "best_threshold_accuracy": best,
+        "best_threshold": at,
+    }
 
 
 def calibrated(model, train, dev, dev_margins: np.ndarray, meta: dict, fraction: float, seed: int) -> dict:
@@ -46,7 +55,11 @@ def calibrated(model, train, dev, dev_margins: np.ndarray, meta: dict, fraction:
     logits = predict(model, held, 64).astype(np.float64)
     shift, _, _ = best_shift(logits[:, 1] - logits[:, 0], held.labels, meta["metrics"])
     scores = shifted_scores(dev_margins, dev.labels, meta["metrics"], shift)
-    return {"held_out_rows": len(held), "held_out_shift": shift, **{f"calibrated_{k}": v for k, v in scores.items()}}
+    return {
+        "held_out_rows": len(held),
+        "held_out_shift": shift,
+        **{f"calibrated_{k}": v for k, v in scores.items()},
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -64,8 +77,10 @@ def main(argv=None) -> list[dict]:
 
     meta, train, dev = load_inputs(args.data)
     if meta["problem_type"] != "classification" or meta["num_labels"] != 2:
-        raise SystemExit(f"{args.data}: tools.diagnostics.threshold needs a two-class task, "
-                         f"not {meta['num_labels']} label(s)")
+        raise SystemExit(
+            f"{args.data}: tools.diagnostics.threshold needs a two-class task, "
+            f"not {meta['num_labels']} label(s)"
+        )
     out = []
     for d in args.models:
         model = load_trained(d).eval()

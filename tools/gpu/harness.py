@@ -3,6 +3,7 @@ deadline; then stamp the finished runs and let pipeline.seeds summarise them (it
 
     python tools/gpu/harness.py gpu/mrpc SECONDS
 """
+
 import os
 import subprocess
 import sys
@@ -27,12 +28,18 @@ for cfg in sorted(p.parent for p in root.glob("*/params.yaml")):
             run_dir = Path(p["out_dir"]) / seeds.run_name(sparsity, seed)
             rdoc = seeds.run_doc(doc, sparsity, seed, params.parent, run_dir)
             # progress on for the log (a step rate even if killed); seeds' own params restored after the run
-            write_params(run_dir / "params.yaml", {**rdoc, "prune": {**rdoc["prune"], "progress": True}}, "seeds")
+            write_params(
+                run_dir / "params.yaml", {**rdoc, "prune": {**rdoc["prune"], "progress": True}}, "seeds"
+            )
             docs[run_dir] = rdoc
             log = open(run_dir / "train.log", "w")
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.Popen([sys.executable, "-m", "pipeline.prune", str(run_dir / "params.yaml")],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.prune", str(run_dir / "params.yaml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
             jobs.append((cfg, seed, run_dir, proc))
 print(f"[harness] {len(jobs)} runs started", flush=True)
 while any(j[3].poll() is None for j in jobs) and time.time() < deadline:

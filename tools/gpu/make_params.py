@@ -1,6 +1,7 @@
 """Write gpu/mrpc/params.yaml (data, teacher: the MRPC profile's) and one folder per recipe row, each a
 seeds base whose data and teacher are the shared ones. Differences from the profile, all for the GPU:
 live teacher (no host cache), no mid-epoch checkpoints, one CPU thread per process (12 share 16 cores)."""
+
 import copy
 import os
 import sys
@@ -12,12 +13,14 @@ from pipeline.core.params import validated
 
 profile = yaml.safe_load(Path("profiles/mrpc/params.yaml").read_text())  # a diff from the defaults
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu/mrpc")
-epochs_scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0   # local dry run: a sliver of each recipe
+epochs_scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0  # local dry run: a sliver of each recipe
 max_train = int(sys.argv[3]) if len(sys.argv) > 3 else None
 base = {k: validated(profile, k) for k in ("data", "teacher", "prune", "seeds")}  # every key, defaults in
 base["data"].update(model="gpu/model", glue_dir="../glue", max_train_samples=max_train)
 base["teacher"].update(epochs=max(1, round((base["teacher"]["epochs"] or 3) * epochs_scale)))
-base["prune"].update(teacher_cache_mb=0, checkpoint_every_steps=100000, threads=1, allow_weak_teacher=epochs_scale < 1)
+base["prune"].update(
+    teacher_cache_mb=0, checkpoint_every_steps=100000, threads=1, allow_weak_teacher=epochs_scale < 1
+)
 ROWS = {  # name: (target, prune keys)
     "s90": (0.9, {"epochs": 12}),
     "c16": (0.95, {"epochs": 16}),

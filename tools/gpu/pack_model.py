@@ -1,6 +1,7 @@
 """Pack the bundled MiniLM for the device (64 MiB transfer limit): the word-embedding rows MRPC uses
 (others are never looked up on MRPC, so they are zeros there), every float32 rounded to 16 mantissa
 bits (relative error <= 2**-16), its three high byte planes xz-compressed."""
+
 import json, lzma, shutil, sys
 from pathlib import Path
 import numpy as np
@@ -22,7 +23,11 @@ w = load_file(str(src / "model.safetensors"))
 meta, flat = {"used_ids": used.tolist(), "tensors": []}, []
 for k, v in w.items():
     if v.dtype != np.float32:  # position_ids
-        meta.setdefault("raw", {})[k] = {"dtype": str(v.dtype), "shape": list(v.shape), "data": v.ravel().tolist()}
+        meta.setdefault("raw", {})[k] = {
+            "dtype": str(v.dtype),
+            "shape": list(v.shape),
+            "data": v.ravel().tolist(),
+        }
         continue
     if k.endswith("word_embeddings.weight"):
         meta["vocab_rows"] = v.shape[0]

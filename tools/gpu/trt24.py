@@ -8,6 +8,7 @@ batch 1, 16 and 64 with FP16 engines: the 2:4 model with trt_sparsity_enable on,
 off. Needs onnxruntime-gpu (`bash setup.sh --gpu`) and an Ampere or later GPU; fails, naming what is
 missing, when the TensorRT provider is absent (no fallback to CUDA or the CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHAPES = {"base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-          "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)}
+SHAPES = {
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+}
 BATCHES = (1, 16, 64)
 
 
@@ -34,8 +37,14 @@ def models(shape: str, work: Path) -> dict:
     out = {"dense": export_torch(model, work / "dense", 18)}
     with torch.no_grad():
         for lin in encoder_linears(model).values():
-            lin.weight.mul_(lin.weight.abs().view(lin.weight.shape[0], -1, 4).argsort(-1).argsort(-1)
-                            .ge(2).view_as(lin.weight))  # keep the 2 largest of every 4 inputs
+            lin.weight.mul_(
+                lin.weight.abs()
+                .view(lin.weight.shape[0], -1, 4)
+                .argsort(-1)
+                .argsort(-1)
+                .ge(2)
+                .view_as(lin.weight)
+            )  # keep the 2 largest of every 4 inputs
     enforce_n_m(model, 2, 4)
     (work / "sparse").mkdir()
     out["2:4"] = export_torch(model, work / "sparse", 18)
@@ -46,8 +55,12 @@ def time_one(path: Path, sparse: bool, seq: int, engines: Path) -> dict:
     from pipeline.runtime.ort import make_session
     from pipeline.timing.harness import summarize, synthetic_feed, time_loop
 
-    trt = {"trt_fp16_enable": True, "trt_sparsity_enable": sparse, "trt_engine_cache_enable": True,
-           "trt_engine_cache_path": str(engines)}
+    trt = {
+        "trt_fp16_enable": True,
+        "trt_sparsity_enable": sparse,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(engines),
+    }
     sess, info = make_session(path, ["tensorrt"], allow_fallback=False, trt=trt)
     rows = []
     for batch in BATCHES:
@@ -68,11 +81,16 @@ def main(argv=None) -> dict:
     check_available(["tensorrt"], allow_fallback=False, key="tools/gpu/trt24.py")
     with tempfile.TemporaryDirectory() as tmp:
         paths = models(args.shape, Path(tmp))
-        result = {"shape": args.shape, "dense_fp16": time_one(paths["dense"], False, args.seq, Path(tmp) / "e1"),
-                  "2:4_fp16": time_one(paths["2:4"], True, args.seq, Path(tmp) / "e2")}
+        result = {
+            "shape": args.shape,
+            "dense_fp16": time_one(paths["dense"], False, args.seq, Path(tmp) / "e1"),
+            "2:4_fp16": time_one(paths["2:4"], True, args.seq, Path(tmp) / "e2"),
+        }
     for d, s in zip(result["dense_fp16"]["cells"], result["2:4_fp16"]["cells"]):
-        print(f"b{d['batch']} s{d['seq_len']}: 2:4 {s['throughput_seq_per_s']} seq/s vs dense "
-              f"{d['throughput_seq_per_s']} ({s['throughput_seq_per_s'] / d['throughput_seq_per_s']:.2f}x)")
+        print(
+            f"b{d['batch']} s{d['seq_len']}: 2:4 {s['throughput_seq_per_s']} seq/s vs dense "
+            f"{d['throughput_seq_per_s']} ({s['throughput_seq_per_s'] / d['throughput_seq_per_s']:.2f}x)"
+        )
     args.out.write_text(json.dumps(result, indent=1))
     return result
 

@@ -1,4 +1,5 @@
 """Rebuild model.safetensors from tools/gpu/pack_model.py's planes (on the device)."""
+
 import json, lzma, sys
 from pathlib import Path
 import numpy as np
@@ -13,7 +14,7 @@ for i, p in zip((1, 2, 3), planes):
 flat, at, out = b.reshape(-1).view(np.float32), 0, {}
 for t in meta["tensors"]:
     n = int(np.prod(t["shape"]))
-    v = flat[at:at + n].reshape(t["shape"])
+    v = flat[at : at + n].reshape(t["shape"])
     at += n
     if t["name"].endswith("word_embeddings.weight"):
         full = np.zeros((meta["vocab_rows"], v.shape[1]), np.float32)
