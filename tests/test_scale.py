@@ -28,7 +28,7 @@ def test_student_steps_phases_and_tail_follow_the_train_rows(rows, epochs, steps
     assert (
         0.37 * steps <= tail <= 0.375 * steps + p["mask_updates"]
     )  # the fixed-sparsity tail the average ships
-    assert p["average_tail"] is True
+    assert p["average_tail"] is False  # on only above 90%
 
 
 @pytest.mark.parametrize("rows, epochs", [(2000, 10), (8000, 4), (67349, 2)])
@@ -60,13 +60,14 @@ def test_teacher_learning_rate_follows_the_width():
 @pytest.mark.parametrize(
     "keys, structured, want",
     [
-        ({}, False, True),  # unstructured sparsity: the mean of the tail ships
-        ({"pattern": "4x1"}, False, True),
-        ({"pattern": "channelx1"}, False, False),  # slimmed heads and FFN channels
+        ({"target_sparsity": 0.95}, False, True),  # unstructured sparsity above 90%: the tail's mean ships
+        ({"target_sparsity": 0.95, "pattern": "4x1"}, False, True),
+        ({}, False, False),  # 90%: the evidence was mixed, the last step ships
+        ({"target_sparsity": 0.95, "pattern": "channelx1"}, False, False),  # slimmed heads and FFN channels
         ({"target_sparsity": 0.0, "speedup": 3.0}, True, False),  # a planned structure
         ({"target_sparsity": 0.0}, False, False),  # distillation alone: no tail to average
-        ({"end": 1.0}, False, False),  # the ramp runs to the last step
-        ({"selection": "train_split"}, False, False),  # an epoch is selected instead
+        ({"target_sparsity": 0.95, "end": 1.0}, False, False),  # the ramp runs to the last step
+        ({"target_sparsity": 0.95, "selection": "train_split"}, False, False),  # an epoch is selected instead
     ],
 )
 def test_tail_averaging_is_on_where_the_evidence_supports_it(keys, structured, want):
