@@ -9,7 +9,7 @@ import pytest
 from pipeline import data, prune, teacher
 from tests.conftest import ROOT, tiny_params
 from pipeline.core.params import ParamsError, load_section, validate
-from pipeline.core.schema import DEFAULTS, SCHEMA
+from pipeline.core.schema import DEFAULTS, SCHEMA, Key, inferred
 
 BAD = [
     ("prune", "target_sparsity", 1.0, "prune.target_sparsity"),
@@ -93,6 +93,18 @@ def test_a_key_left_out_takes_its_default(section, key):
     values = valid_sections()[section]
     del values[key]
     assert validate(section, values)[key] == DEFAULTS[section][key]
+
+
+def test_a_plain_key_is_typed_by_its_default_and_an_untyped_default_is_refused():
+    assert inferred("x.flag", False) == Key(bool)
+    assert inferred("x.rate", 0.5) == Key(float) and inferred("x.count", 3) == Key(int)
+    assert inferred("x.sizes", [1, 32]) == Key(list, item=int)
+    for untyped in (None, [], {}, [1, "a"]):
+        with pytest.raises(TypeError, match=r"x\.y = .* needs a Key in pipeline/core/schema\.py"):
+            inferred("x.y", untyped)
+    assert SCHEMA["prune"]["progress"] == Key(bool)  # stated only in defaults.yaml
+    with pytest.raises(ParamsError, match=r"prune\.progress = 'yes' has type str; expected bool"):
+        validate("prune", {"progress": "yes"})
 
 
 def test_a_set_key_is_still_checked_against_its_default_free_schema():

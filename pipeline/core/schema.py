@@ -178,12 +178,10 @@ TRAIN = {
     "weight_decay": Key(float, lo=0, hi=1),
     "warmup_ratio": Key(float, lo=0, hi=1, hi_open=True),
     "max_grad_norm": Key(float, lo=0),
-    "group_by_length": Key(bool),
     "threads": Key(int, lo=0),
     "seed": Key(int, lo=0),
     "checkpoint_dir": Key(str, path=True),
     "checkpoint_every_steps": Key(int, lo=1),
-    "progress": Key(bool),
     "selection": Key(
         str, choices=("last", "train_split")
     ),  # the last epoch ships, or the best on a train split
@@ -194,7 +192,6 @@ TRAIN = {
         str, choices=("fp32", "bf16", "fp16")
     ),  # mixed precision through Accelerate; fp16 on GPUs only
     "device": Key(str, choices=("auto", "cpu", "cuda")),  # auto: CUDA when one is visible
-    "allow_fallback": Key(bool),  # run what the machine has (recorded) instead of failing
     "launcher": Key(str, check=_launcher),  # dvc.yaml runs `<launcher> -m pipeline.<stage>`
 }
 
@@ -251,8 +248,6 @@ SCHEMA = {
         "temperature": Key(float, lo=0.1, hi=100),
         "attention_mse": Key(float, lo=0),
         "last_hidden_mse": Key(float, lo=0),
-        "reuse_teacher_head": Key(bool),
-        "allow_weak_teacher": Key(bool),
         "teacher_cache_mb": Key(int, lo=0),
         "augment_copies": Key(int, lo=0),  # perturbed copies of train to distil on (0 = none)
         "augment_prob": Key(float, lo=0, hi=1),  # share of ordinary tokens each copy masks or replaces
@@ -292,10 +287,6 @@ SCHEMA = {
         "sparse_rate_margin": Key(float, lo=0, hi=0.5),
         "min_sparse_rate": Key(float, lo=0, hi=1),
         "ort_providers": Key(list, item=str, check=_providers),
-        "allow_fallback": Key(bool),
-        "trt_fp16_enable": Key(bool),
-        "trt_int8_enable": Key(bool),
-        "trt_sparsity_enable": Key(bool),
         "trt_engine_cache_path": Key(str, path=True),
         "threads": Key(int, lo=0),
         "seed": Key(int, lo=0),
@@ -305,7 +296,6 @@ SCHEMA = {
         "backends": Key(list, item=str, check=_backends),
         "batch_size": Key(int, lo=1),
         "tolerance": Key(float, lo=0, hi=1),
-        "fail_on_drift": Key(bool),
         "threads": Key(int, lo=0),
     },
     "bench": {
@@ -329,7 +319,6 @@ SCHEMA = {
         "models": Key(list, item=str, check=_models),
         "target": Key(str, choices=TARGET_CHOICES),
         "shape": Key(list, item=int, check=_shape),
-        "string_input": Key(bool),
         "parity_atol": Key(float, lo=0, hi=1),
         "latency_tokens": Key(int, lo=2),
         "max_batch_size": Key(int, lo=1),
@@ -355,7 +344,6 @@ SCHEMA = {
         "reuse": Key(str, choices=("verified", "params")),
         # true: after every run has trained, each run's student and the teacher go through export, compile
         # and bench in its folder, and seeds.json records the student's speed-up over the teacher
-        "bench": Key(bool),
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),
@@ -366,3 +354,19 @@ SCHEMA = {
 
 # Every key's default, written once with its comment in defaults.yaml; a params file states what differs.
 DEFAULTS = yaml.safe_load((Path(__file__).with_name("defaults.yaml")).read_text())
+
+
+def inferred(where: str, default) -> Key:
+    """The Key of a default that SCHEMA does not refine: its YAML type (a float is written with a point),
+    a list's items' type. Null, empty or mixed defaults say nothing of their type: declare those above."""
+    items = {type(x) for x in default} if isinstance(default, list) else set()
+    if default is None or default == [] or isinstance(default, dict) or len(items) > 1:
+        raise TypeError(f"defaults.yaml: {where} = {default!r} needs a Key in pipeline/core/schema.py")
+    return Key(list, item=items.pop()) if items else Key(type(default))
+
+
+# A new key with a plain type (a bool, a string, a number with no range) is one line in defaults.yaml.
+for _section, _values in DEFAULTS.items():
+    for _name, _default in _values.items():
+        if _name not in SCHEMA[_section]:
+            SCHEMA[_section][_name] = inferred(f"{_section}.{_name}", _default)
