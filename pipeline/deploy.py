@@ -104,6 +104,16 @@ def folder_size(path: Path) -> dict:
     }
 
 
+def archive(folder: Path) -> dict:
+    """<folder>.tar.gz beside the bundle: the one file to copy to a device (tar -xzf, then runner.py)."""
+    import tarfile
+
+    path = folder.with_name(f"{folder.name}.tar.gz")
+    with tarfile.open(path, "w:gz", compresslevel=6) as tar:
+        tar.add(folder, arcname=folder.name)
+    return {"file": path.name, "bytes": path.stat().st_size}
+
+
 def row_near(rows: list, tokenizer_dir: Path, tokens: int) -> tuple:
     """The dev row whose encoding is closest to `tokens` long: the latency shape, with real text."""
     from transformers import AutoTokenizer
@@ -314,6 +324,8 @@ def main(params_path: str = "params.yaml") -> dict:
                 target = targets[m]
                 results[m] = build_bundles(m, target, p, dirs, meta, rows, bundles, threads)
                 results[m]["bundle_size"] = folder_size(bundles / m)
+                if p["archive"]:
+                    results[m]["archive"] = archive(bundles / m)
                 results[m].update(repositories(m, p, dirs, bundles / m, meta, rows, serving, targets[m]))
                 print(f"[deploy] {m}: {target['target']} ({target['reason']})")
             checks = {

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,9 @@ def test_openvino_target_bundle_is_string_in_and_matches_the_token_in_ir(built, 
 
     params, path, _ = built
     p = copy.deepcopy(params)
-    p["deploy"].update(target="openvino-int8", bundle_dir=str(tmp_path / "b"), out_dir=str(tmp_path / "s"))
+    p["deploy"].update(
+        target="openvino-int8", bundle_dir=str(tmp_path / "b"), out_dir=str(tmp_path / "s"), archive=True
+    )
     (tmp_path / "params.yaml").write_text(json.dumps(p))
     shutil.copytree(Path(path).parent / "metrics", tmp_path / "metrics")
     got = deploy.main(str(tmp_path / "params.yaml"))["models"]["student"]
@@ -153,13 +156,17 @@ def test_openvino_target_bundle_is_string_in_and_matches_the_token_in_ir(built, 
     assert b.manifest["engine"] == "openvino-text" and b.input_names == ["text"]
     assert not (tmp_path / "b" / "student" / "tokenizer.json").exists()
     assert got["latency_b1"]["fused"]["latency_ms_p50"] > 0
+    with tarfile.open(tmp_path / "b" / got["archive"]["file"]) as tar:  # the archive is the bundle, whole
+        tar.extractall(tmp_path / "device", filter="data")
+    packed = sorted(f.name for f in (tmp_path / "device" / "student").iterdir())
+    assert packed == sorted(f.name for f in (tmp_path / "b" / "student").iterdir())
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import runner; b = runner.Bundle(sys.argv[1]);"
         "assert b.predict(['fine', 'bad']); bad = [m for m in ('torch', 'transformers', 'tokenizers', 'pipeline')"
         " if m in sys.modules]; assert not bad, bad"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "b" / "student")],
+        [sys.executable, "-c", code, str(tmp_path / "device" / "student")],  # run from the unpacked archive
         capture_output=True,
         text=True,
         timeout=120,
