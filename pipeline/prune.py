@@ -45,6 +45,7 @@ HEADLINE = (
     "selected_epoch",
     "epochs",
     "train_time_s",
+    "plan_time_s",
     "wall_time_s",
 )
 
@@ -126,7 +127,8 @@ def main(params_path: str = "params.yaml") -> dict:
     threads = set_threads(p["threads"])
     from pipeline.training.plan import for_params
 
-    planned = for_params(p, params_path, threads, acc)
+    with Timer() as planning:  # on a CPU with no latency table yet, it times candidate shapes first
+        planned = for_params(p, params_path, threads, acc)
     from pipeline.core.models import load_tokenizer, load_trained, save_model, weights_sha256
     from pipeline.core.tasks import baseline_scores
     from pipeline.core.tokens import load_inputs
@@ -192,7 +194,7 @@ def main(params_path: str = "params.yaml") -> dict:
             "teacher_quality": quality,
             "target_sparsity": p["target_sparsity"],
             "pattern": p["pattern"],
-            "recipe": p["recipe"],
+            "preset": p["recipe"],
             **selection,
             "selected_epoch": (result["best"] or {}).get("epoch", p["epochs"]),
             "epochs": p["epochs"],
@@ -207,7 +209,8 @@ def main(params_path: str = "params.yaml") -> dict:
             "calibration": calibrated,
             "vocab": vocab,
             **({"vocab_rows_kept": vocab["rows_kept"]} if vocab else {}),
-            "wall_time_s": round(t.seconds, 2),
+            "plan_time_s": round(planning.seconds, 2),
+            "wall_time_s": round(planning.seconds + t.seconds, 2),
             "mask_sync": {"checks": len(synced), "final_digest": synced[-1]},
         },
         threads,

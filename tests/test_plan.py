@@ -189,6 +189,9 @@ def test_prune_reaches_a_planned_structure_on_the_tiny_bert(trained, tmp_path, m
     assert len(shapes) == plan_["layers"]
     assert all(s["heads"] == plan_["heads"] and s["ffn"] == plan_["ffn"] for s in shapes)
     assert plan_["heads"] < 4 and plan_["ffn"] < 256  # heads and FFN channels were both slimmed away
+    assert (
+        0 < m["plan_time_s"] and m["wall_time_s"] >= m["plan_time_s"] + m["train_time_s"]
+    )  # planning counted
 
 
 def test_prune_refuses_an_unreachable_target_before_training(trained, tmp_path, monkeypatch, tiny_model_dir):
