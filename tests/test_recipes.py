@@ -13,7 +13,7 @@ import yaml
 from pipeline.core import presets
 from pipeline.core.tasks import baseline_scores, compute_metrics, teacher_quality
 from pipeline.training import inc, recipes
-from pipeline.training.distill import attention_loss, attention_scores, distill_loss, hidden_loss
+from pipeline.training.distill import LossSpec, attention_loss, attention_scores, distill_loss, hidden_loss
 from pipeline.training.schedule import lr_factor, step_range, update_steps
 from pipeline.training.student import PruneError
 
@@ -60,10 +60,7 @@ def test_last_hidden_term_is_the_last_mapped_pair_only():
         out(t_h),
         torch.tensor([0, 1]),
         mask,
-        weights={"last_hidden": 2.0},
-        temperature=1.0,
-        mapping=[(0, 0), (1, 1), (2, 2)],
-        regression=False,
+        LossSpec({"last_hidden": 2.0}, 1.0, [(0, 0), (1, 1), (2, 2)], regression=False),
     )
     m = mask.unsqueeze(-1).float()
     hand = (((s_h[2] - t_h[2]) ** 2) * m).sum() / (m.sum() * 4)

@@ -11,6 +11,7 @@ the teacher's t-1 for every (i, t) with i >= 1). Padded positions never count.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,29 +82,33 @@ def attention_loss(student_qk, teacher_qk, pairs, attention_mask, heads: int) ->
     return total / len(pairs)
 
 
+@dataclass(frozen=True)
+class LossSpec:
+    """What the loss is, fixed for a run: each term's weight (a term weighted 0 is not computed), the KD
+    temperature, the layer map, whether the task is a regression, and the teacher's heads (attention)."""
+
+    weights: dict
+    temperature: float
+    mapping: list
+    regression: bool
+    heads: int = 0
+
+
 def distill_loss(
-    student_out,
-    teacher_out,
-    labels,
-    attention_mask,
-    *,
-    weights: dict,
-    temperature: float,
-    mapping,
-    regression: bool,
-    student_qk=None,
-    teacher_qk=None,
-    heads: int = 0,
+    student_out, teacher_out, labels, attention_mask, spec: LossSpec, qk: tuple = (None, None)
 ) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of the terms whose weight is non-zero; returns (loss, each term's value)."""
-    parts = {}
+    """Weighted sum of the terms whose weight is non-zero; returns (loss, each term's value). `qk`: the
+    student's and the teacher's captured query/key projections, for the attention term."""
+    weights, mapping, parts = spec.weights, spec.mapping, {}
     if weights.get("ce"):
         logits = student_out.logits.float()
         parts["ce"] = (
-            F.mse_loss(logits.squeeze(-1), labels.float()) if regression else F.cross_entropy(logits, labels)
+            F.mse_loss(logits.squeeze(-1), labels.float())
+            if spec.regression
+            else F.cross_entropy(logits, labels)
         )
     if weights.get("kd"):
-        parts["kd"] = kd_loss(student_out.logits, teacher_out.logits, temperature, regression)
+        parts["kd"] = kd_loss(student_out.logits, teacher_out.logits, spec.temperature, spec.regression)
     if weights.get("hidden"):
         parts["hidden"] = hidden_loss(
             student_out.hidden_states, teacher_out.hidden_states, mapping, attention_mask
@@ -114,8 +119,6 @@ def distill_loss(
             student_out.hidden_states, teacher_out.hidden_states, last, attention_mask
         )
     if weights.get("attention"):
-        parts["attention"] = attention_loss(
-            student_qk, teacher_qk, attention_pairs(mapping), attention_mask, heads
-        )
+        parts["attention"] = attention_loss(*qk, attention_pairs(mapping), attention_mask, spec.heads)
     loss = sum(weights[k] * v for k, v in parts.items())
     return loss, {k: round(v.item(), 5) for k, v in parts.items()}

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.core.models import load_classifier, load_trained, start_model
 from pipeline.training import inc, sparsity
-from pipeline.training.distill import attention_pairs, distill_loss
+from pipeline.training.distill import LossSpec, attention_pairs, distill_loss
 
 
 class PruneError(RuntimeError):
@@ -140,7 +140,7 @@ def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
     w = loss_weights(p)
     t_hidden, t_att = teacher_layers(p, mapping)
     s_att = sorted({s for s, _ in attention_pairs(mapping)}) if w["attention"] else []
-    heads = teacher.config.num_attention_heads
+    spec = LossSpec(w, p["temperature"], mapping, regression, teacher.config.num_attention_heads)
 
     def loss_fn(student, batch, idx):
         labels = batch.pop("labels")
@@ -152,19 +152,7 @@ def make_loss(teacher, p: dict, regression: bool, mapping, cache=None):
                 t_out = teacher(**batch, output_hidden_states=bool(t_hidden))
         with capture_qk(student, s_att) as s_qk:
             s_out = student(**batch, output_hidden_states=bool(w["hidden"] or w["last_hidden"]))
-        return distill_loss(
-            s_out,
-            t_out,
-            labels,
-            batch["attention_mask"],
-            weights=w,
-            temperature=p["temperature"],
-            mapping=mapping,
-            regression=regression,
-            student_qk=s_qk,
-            teacher_qk=t_qk,
-            heads=heads,
-        )
+        return distill_loss(s_out, t_out, labels, batch["attention_mask"], spec, (s_qk, t_qk))
 
     return loss_fn
 
