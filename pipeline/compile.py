@@ -71,7 +71,9 @@ def compile_one(onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dic
     out.mkdir()
     fp32 = dov.convert(onnx_path)
     dov.save(fp32, out / "fp32.xml")
-    int8 = dov.quantize_int8(dov.convert(onnx_path), calib, len(calib))
+    base = dov.convert(onnx_path)
+    base = dov.compress_embeddings(base) if p["embedding_bits"] == 4 else base
+    int8 = dov.quantize_int8(base, calib, len(calib))
     dov.save(int8, out / "int8.xml")
     quantize_dynamic_int8(onnx_path, out / "int8.onnx")
     weights = dov.weight_constants(int8)
@@ -107,6 +109,7 @@ def compile_one(onnx_path: Path, out: Path, p: dict, calib: list, dev, meta: dic
         "compile_config": config,
         "inference_precision": dov.actual_precision(compiled),
         "int8_ir_dev": scores,
+        "embedding_bits": p["embedding_bits"],  # the OpenVINO INT8 IR's word-embedding table
         "sparse_fc_layers": report["sparse_fc_layers"],
         "fc_layers": report["fc_layers"],
         "fc_reasons": report["reasons"],

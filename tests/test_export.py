@@ -166,3 +166,42 @@ def test_sparse_kernel_report_matches_hardware(built):
         teacher["sparse_fc_layers"] == 0
         and "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE" not in teacher["compile_config"]
     )
+
+
+def test_four_bit_embeddings_shrink_the_table_and_keep_the_logits(built, tmp_path):
+    """compile.embedding_bits: 4: the INT8 IR's word-embedding table is stored in 4 bits (every other
+    table and every MatMul as before), the IR is smaller by about half the table, and its dev logits
+    stay those of the 8-bit IR within quantization noise."""
+    import copy
+
+    import openvino as ov
+
+    from pipeline import compile as compile_
+    from tests.conftest import write_params
+
+    params, _, m = built
+    p = copy.deepcopy(params)
+    p["compile"].update(out_dir=str(tmp_path / "c"), models=["student"], embedding_bits=4)
+    got = compile_.main(str(write_params(tmp_path, p)))["models"]["student"]
+    eight = Path(params["compile"]["out_dir"]) / "student" / "int8.xml"
+    four = tmp_path / "c" / "student" / "int8.xml"
+    table = dov.word_embedding_gather(
+        ov.Core().read_model(Path(params["compile"]["out_dir"]) / "student" / "fp32.xml")
+    )
+    rows, width = table[0].input_value(0).get_shape()
+    u4 = [
+        op
+        for op in ov.Core().read_model(four).get_ordered_ops()
+        if op.get_type_name() == "Constant" and str(op.get_element_type()) == "<Type: 'uint4_t'>"
+    ]
+    sizes = sorted(int(np.prod(op.get_output_shape(0))) for op in u4)
+    assert width % 64 == 0 and sizes == [rows * width // 64, rows * width]  # the word table, its zero points
+    saved = m["compile"]["models"]["student"]["sizes"]["ir_int8"]["bytes"] - got["sizes"]["ir_int8"]["bytes"]
+    assert saved > 0.4 * rows * width  # int8 -> 4 bits: half a byte per value, less the group scales
+    dev = Tokens(Path(params["data"]["out_dir"]) / "eval.safetensors")
+    batches = feeds(dev, 8)
+    ref, q4 = (
+        dov.logits(dov.compile_model(x, {"INFERENCE_PRECISION_HINT": "f32"}), batches) for x in (eight, four)
+    )
+    assert np.abs(q4 - ref).max() < 0.25 * np.abs(ref).max() + 0.05
+    assert (q4.argmax(-1) == ref.argmax(-1)).mean() >= 0.9

@@ -33,7 +33,7 @@ def _check_key(section: str, name: str, spec: Key, value) -> None:
             f"params: {where} = {value!r} has type {type(value).__name__}; expected {_type_name(spec)}"
         )
     if spec.choices and value not in spec.choices:
-        raise ParamsError(f"params: {where} = {value!r} is not allowed; allowed: {', '.join(spec.choices)}")
+        raise ParamsError(f"params: {where} = {value!r} is not allowed; allowed: {', '.join(map(str, spec.choices))}")
     lo_bad = spec.lo is not None and value < spec.lo
     hi_bad = spec.hi is not None and (value >= spec.hi if spec.hi_open else value > spec.hi)
     if lo_bad or hi_bad:

@@ -283,6 +283,7 @@ SCHEMA = {
         "out_dir": Key(str, path=True),
         "models": Key(list, item=str, check=_models),
         "calibration_samples": Key(int, lo=1),
+        "embedding_bits": Key(int, choices=(8, 4)),
         "inference_precision": Key(str, choices=("f32", "bf16")),
         "sparse_rate_margin": Key(float, lo=0, hi=0.5),
         "min_sparse_rate": Key(float, lo=0, hi=1),

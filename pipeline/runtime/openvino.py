@@ -38,6 +38,53 @@ def quantize_int8(model, batches: list[dict], subset_size: int):
     )
 
 
+def _indexed_by_input_ids(gather, hops: int = 6) -> bool:
+    """Whether a Gather's indices come from the input_ids Parameter (through a Convert, or a trimmed
+    vocabulary's remap Gather)."""
+    node = gather.input_value(1).get_node()
+    for _ in range(hops):
+        if node.get_type_name() == "Parameter":
+            return "input_ids" in node.get_output_tensor(0).get_names()
+        if node.get_input_size() == 0:
+            return False
+        node = node.input_value(1 if node.get_type_name() == "Gather" else 0).get_node()
+    return False
+
+
+def word_embedding_gather(model):
+    """(the Gather reading the word-embedding table, every Gather of a Constant): the table is the float
+    Constant indexed by input_ids (a trimmed vocabulary's remap table holds integers)."""
+    gathers = [
+        op
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Gather" and op.input_value(0).get_node().get_type_name() == "Constant"
+    ]
+    words = [g for g in gathers if g.input_value(0).get_element_type().is_real() and _indexed_by_input_ids(g)]
+    if len(words) != 1:
+        raise ValueError(f"expected one word-embedding Gather indexed by input_ids, found {len(words)}")
+    return words[0], gathers
+
+
+def compress_embeddings(model, group_size: int = 64):
+    """The word-embedding table in 4 bits (NNCF weight compression, asymmetric, one scale and zero point
+    per `group_size` columns, or per row when the width is not a multiple): the table is most of an INT8
+    MiniLM's bytes. Every MatMul and every other table is left for INT8 (quantize_int8 runs after)."""
+    import nncf
+
+    word, gathers = word_embedding_gather(model)
+    width = int(word.input_value(0).get_shape()[1])
+    return nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT4_ASYM,
+        ratio=1.0,
+        group_size=group_size if width % group_size == 0 else -1,
+        all_layers=True,  # NNCF keeps embeddings in 8 bits unless told
+        ignored_scope=nncf.IgnoredScope(
+            types=["MatMul"], names=[g.get_friendly_name() for g in gathers if g is not word]
+        ),
+    )
+
+
 def compile_config(sparsity: float, precision: str, margin: float, min_rate: float) -> dict:
     """CPU properties, stated explicitly; threads are left to whoever runs it (bench, eval, the device).
 
