@@ -94,16 +94,6 @@ def string_in_latency(fused_dir: Path, token_dir: Path, row: tuple, threads: int
     return out
 
 
-def folder_size(path: Path) -> dict:
-    import gzip
-
-    files = [f for f in Path(path).iterdir() if f.is_file()]
-    return {
-        "bytes": sum(f.stat().st_size for f in files),
-        "gzip_bytes": sum(len(gzip.compress(f.read_bytes(), 6)) for f in files),
-    }
-
-
 def archive(folder: Path) -> dict:
     """<folder>.tar.gz beside the bundle: the one file to copy to a device (tar -xzf, then runner.py)."""
     import tarfile
@@ -315,6 +305,7 @@ def main(params_path: str = "params.yaml") -> dict:
     dirs, targets = check_inputs(p, params_path)
     threads = set_threads(p["threads"])
     from pipeline.serving import repository as repo
+    from pipeline.serving.bundle import bundle_size
 
     meta, rows = read_json(dirs["data"] / "meta.json"), dev_rows(dirs["data"])
     results = {}
@@ -323,7 +314,7 @@ def main(params_path: str = "params.yaml") -> dict:
             for m in p["models"]:
                 target = targets[m]
                 results[m] = build_bundles(m, target, p, dirs, meta, rows, bundles, threads)
-                results[m]["bundle_size"] = folder_size(bundles / m)
+                results[m]["bundle_size"] = bundle_size(bundles / m)
                 if p["archive"]:
                     results[m]["archive"] = archive(bundles / m)
                 results[m].update(repositories(m, p, dirs, bundles / m, meta, rows, serving, targets[m]))

@@ -87,6 +87,17 @@ def _check_inputs(
         raise ValueError(f"info may not set reserved manifest keys: {sorted(clash)}")
 
 
+def bundle_size(path: Path) -> dict:
+    """A bundle folder's bytes, raw and gzip (level 6, file by file): what a device download costs."""
+    import gzip
+
+    files = [f for f in Path(path).iterdir() if f.is_file()]
+    return {
+        "bytes": sum(f.stat().st_size for f in files),
+        "gzip_bytes": sum(len(gzip.compress(f.read_bytes(), 6)) for f in files),
+    }
+
+
 def write_bundle(
     out_dir,
     engine: str,
