@@ -142,7 +142,7 @@ def main(params_path: str = "params.yaml") -> dict:
     train, held, select_on, selection = held_out(p, meta, train_all)
     tokenizer = load_tokenizer(str(data_dir / "tokenizer"))
     rows, augmented = training_rows(p, train, tokenizer)
-    p, recipe = scale.student(p, len(rows), structured=bool(planned))
+    p, recipe = scale.student(p, len(rows))
     teacher = load_trained(teacher_dir).eval().requires_grad_(False).to(acc.device)
     student = st.build_student(p, meta, teacher_dir, teacher, planned and planned["keep_layers"])
     st.check_pattern(student, p)

@@ -12,14 +12,14 @@ from pipeline.core.schema import DEFAULTS
 from pipeline.training import scale
 from pipeline.training.schedule import step_range
 
-STUDENT = {**DEFAULTS["prune"]}  # the defaults as a params file leaves them: epochs and average_tail null
+STUDENT = {**DEFAULTS["prune"]}  # the defaults as a params file leaves them: epochs null
 TEACHER = {**DEFAULTS["teacher"]}
 
 
 @pytest.mark.parametrize("rows, epochs, steps", [(2000, 24, 1512), (8000, 6, 1500), (67349, 1, 2105)])
 def test_student_steps_phases_and_tail_follow_the_train_rows(rows, epochs, steps):
-    p, rec = scale.student(STUDENT, rows, structured=False)
-    assert (p["epochs"], rec["steps"]) == (epochs, steps) and rec["derived"] == ["epochs", "average_tail"]
+    p, rec = scale.student(STUDENT, rows)
+    assert (p["epochs"], rec["steps"]) == (epochs, steps) and rec["derived"] == ["epochs"]
     start, end, freq = step_range(p, rec["steps"])
     # the ramp, in steps: its end lands on an update, up to one update gap per update early
     assert start == int(0.125 * steps) and 0 <= 0.625 * steps - end <= p["mask_updates"] + 1
@@ -27,8 +27,8 @@ def test_student_steps_phases_and_tail_follow_the_train_rows(rows, epochs, steps
     tail = steps - end - 1
     assert (
         0.37 * steps <= tail <= 0.375 * steps + p["mask_updates"]
-    )  # the fixed-sparsity tail the average ships
-    assert p["average_tail"] is False  # on only above 90%
+    )  # the fixed-sparsity tail (what prune.average_tail: true would average)
+    assert p["average_tail"] is False  # the last step ships by default
 
 
 @pytest.mark.parametrize("rows, epochs", [(2000, 10), (8000, 4), (67349, 2)])
@@ -44,8 +44,8 @@ def test_teacher_epochs_reach_its_min_steps_within_the_floor_and_cap(rows, epoch
 def test_more_sparsity_gets_more_steps_and_a_set_key_is_kept():
     assert scale.student_steps(1500, 0.5) == scale.student_steps(1500, 0.9) == 1500
     assert scale.student_steps(1500, 0.95) == 2122  # x sqrt(2)
-    p, rec = scale.student({**STUDENT, "epochs": 3, "average_tail": False}, 3668, structured=False)
-    assert (p["epochs"], p["average_tail"], rec["derived"]) == (3, False, [])
+    p, rec = scale.student({**STUDENT, "epochs": 3, "average_tail": True}, 3668)
+    assert (p["epochs"], p["average_tail"], rec["derived"]) == (3, True, [])
     p, _ = scale.teacher({**TEACHER, "epochs": 5, "learning_rate": 3e-5}, 3668, hidden_size=384)
     assert (p["epochs"], p["learning_rate"]) == (5, 3e-5)
 
@@ -55,23 +55,6 @@ def test_teacher_learning_rate_follows_the_width():
     assert scale.teacher_lr(384) == 7.1e-5
     assert scale.teacher_lr(1024) == 4.3e-5
     assert scale.teacher_lr(128) > scale.teacher_lr(384) > scale.teacher_lr(1024)
-
-
-@pytest.mark.parametrize(
-    "keys, structured, want",
-    [
-        ({"target_sparsity": 0.95}, False, True),  # unstructured sparsity above 90%: the tail's mean ships
-        ({"target_sparsity": 0.95, "pattern": "4x1"}, False, True),
-        ({}, False, False),  # 90%: the evidence was mixed, the last step ships
-        ({"target_sparsity": 0.95, "pattern": "channelx1"}, False, False),  # slimmed heads and FFN channels
-        ({"target_sparsity": 0.0, "speedup": 3.0}, True, False),  # a planned structure
-        ({"target_sparsity": 0.0}, False, False),  # distillation alone: no tail to average
-        ({"target_sparsity": 0.95, "end": 1.0}, False, False),  # the ramp runs to the last step
-        ({"target_sparsity": 0.95, "selection": "train_split"}, False, False),  # an epoch is selected instead
-    ],
-)
-def test_tail_averaging_is_on_where_the_evidence_supports_it(keys, structured, want):
-    assert scale.tail_average({**STUDENT, **keys}, structured) is want
 
 
 def _weights(out: Path) -> str:

@@ -251,9 +251,6 @@ SCHEMA = {
         "teacher_cache_mb": Key(int, lo=0),
         "augment_copies": Key(int, lo=0),  # perturbed copies of train to distil on (0 = none)
         "augment_prob": Key(float, lo=0, hi=1),  # share of ordinary tokens each copy masks or replaces
-        "average_tail": Key(
-            bool, nullable=True
-        ),  # null: on for sparsity, off for slimmed structures; ship the mean of the tail's weights (pipeline.training.posthoc)
         "calibrate": Key(
             str, choices=("none", "train_split")
         ),  # shift the positive logit, fitted on held-out train rows
