@@ -337,7 +337,8 @@ def from_exps(params_path: str = "params.yaml") -> dict:
     if not exps:
         raise RuntimeError(
             f"{params_path}: no DVC experiment of HEAD; queue the seeds with `{QUEUE}`, "
-            "then `dvc queue start`"
+            "then `dvc queue start`. Experiments belong to the commit they were queued from: "
+            "`dvc exp show -n 5` lists older commits' (check that commit out to summarize them)"
         )
     flat = {e["experiment"]: effective(e["params"]) for e in exps}
     per_sparsity = check_exps(flat)
