@@ -340,8 +340,6 @@ SCHEMA = {
         ),
         "overrides": Key(dict, check=_sparsity_overrides),
         "reuse": Key(str, choices=("verified", "params")),
-        # true: after every run has trained, each run's student and the teacher go through export, compile
-        # and bench in its folder, and seeds.json records the student's speed-up over the teacher
     },
     "sweep_report": {
         "out_dir": Key(str, path=True),
